@@ -1,0 +1,1 @@
+-- Webhook endpoints, outbox and attempt log (filled in by the webhook work).

@@ -1,0 +1,229 @@
+//! JWT authentication for every transport: HS256 with a shared secret, or RS256/ES256 with
+//! a PEM public key. `sub` is the user id; a configurable claim carries the role(s).
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value, json};
+
+use crate::config::JwtConfig;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub sub: String,
+    pub roles: Vec<String>,
+    /// Expiry as unix seconds.
+    pub exp: Option<i64>,
+}
+
+impl AuthUser {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+    pub fn is_admin(&self) -> bool {
+        self.has_role("admin")
+    }
+    /// Seconds until the token expires (0 if it already has).
+    pub fn seconds_left(&self) -> Option<u64> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.exp.map(|e| (e - now).max(0) as u64)
+    }
+}
+
+/// Why a request was not authenticated. Rendered as HTTP 401 with a JSON body.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing token: send `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(json!({ "error": "unauthorized", "message": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// Verifies tokens. Built once at start from the configuration.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+    role_claim: String,
+    /// HS256 only: lets `rowcast demo` and tests issue tokens.
+    signer: Option<EncodingKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "no JWT key configured: set ROWCAST_JWT_SECRET (HS256) or ROWCAST_JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM)"
+    )]
+    NoKey,
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{0}")]
+    Bad(String),
+}
+
+impl Authenticator {
+    pub fn from_config(c: &JwtConfig) -> Result<Authenticator, KeyError> {
+        let (key, alg, signer) = if let Some(secret) = &c.secret {
+            let key = DecodingKey::from_secret(secret.as_bytes())
+                .map_err(|e| KeyError::Bad(e.to_string()))?;
+            let signer = EncodingKey::from_secret(secret.as_bytes())
+                .map_err(|e| KeyError::Bad(e.to_string()))?;
+            (key, Algorithm::HS256, Some(signer))
+        } else if let Some(path) = &c.public_key_file {
+            let pem = std::fs::read(path).map_err(|err| KeyError::Read {
+                path: path.display().to_string(),
+                err,
+            })?;
+            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                (k, Algorithm::RS256, None)
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                (k, Algorithm::ES256, None)
+            } else {
+                return Err(KeyError::Bad(format!(
+                    "{} is not an RSA or EC public key in PEM format",
+                    path.display()
+                )));
+            }
+        } else {
+            return Err(KeyError::NoKey);
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = c.leeway_secs;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(aud) = &c.audience {
+            validation.set_audience(&[aud]);
+        } else {
+            validation.validate_aud = false;
+        }
+        if let Some(iss) = &c.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Authenticator {
+            key,
+            validation,
+            role_claim: c.role_claim.clone(),
+            signer,
+        })
+    }
+
+    /// Verifies a token and extracts the user.
+    pub fn verify(&self, token: &str) -> Result<AuthUser, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+            ErrorKind::InvalidAlgorithm => {
+                AuthError::Invalid("unexpected signing algorithm".into())
+            }
+            ErrorKind::MissingRequiredClaim(c) => {
+                AuthError::Invalid(format!("missing claim {c:?}"))
+            }
+            ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+            ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet".into()),
+            _ => AuthError::Invalid("malformed token".into()),
+        })?;
+        let claims = data.claims;
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(AuthError::Invalid(
+                    "`sub` must be a non-empty string".into(),
+                ));
+            }
+        };
+        let roles = match claims.get(&self.role_claim) {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let exp = claims.get("exp").and_then(Value::as_i64);
+        Ok(AuthUser { sub, roles, exp })
+    }
+
+    /// Token from `Authorization: Bearer …`, else from the `token` query parameter.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<AuthUser, AuthError> {
+        let token = bearer(headers).or(query_token).ok_or(AuthError::Missing)?;
+        self.verify(token)
+    }
+
+    /// Issues an HS256 token (demo and tests). `None` when keys are asymmetric.
+    pub fn issue(&self, sub: &str, role: &str, ttl_secs: i64) -> Option<String> {
+        let signer = self.signer.as_ref()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims =
+            json!({ "sub": sub, &self.role_claim: role, "iat": now, "exp": now + ttl_secs });
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, signer).ok()
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::from_config(&JwtConfig {
+            secret: Some("0123456789abcdef0123".into()),
+            ..JwtConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let a = auth();
+        let t = a.issue("42", "agent", 60).unwrap();
+        let u = a.verify(&t).unwrap();
+        assert_eq!(u.sub, "42");
+        assert_eq!(u.roles, vec!["agent"]);
+    }
+
+    #[test]
+    fn expired_and_forged_tokens_are_refused() {
+        let a = auth();
+        let t = a.issue("42", "agent", -3600).unwrap();
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::Expired);
+        let other = Authenticator::from_config(&JwtConfig {
+            secret: Some("another-secret-of-length".into()),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let forged = other.issue("42", "admin", 60).unwrap();
+        assert!(matches!(
+            a.verify(&forged).unwrap_err(),
+            AuthError::Invalid(_)
+        ));
+        assert!(matches!(
+            a.verify("garbage").unwrap_err(),
+            AuthError::Invalid(_)
+        ));
+    }
+}

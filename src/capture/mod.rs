@@ -1,0 +1,293 @@
+//! Capture: tails the change log and hands enriched events to the hub, never skipping one.
+//!
+//! The log is the truth and NOTIFY only a hint. While changes keep coming, capture polls
+//! every `active_poll`; after `idle_after` of quiet it *parks*: it registers in
+//! `rowcast.waiters`, and only then do capture triggers call `pg_notify` (so a busy
+//! application pays no NOTIFY lock at commit). Parking is race-free for READ COMMITTED
+//! writers: after registering, capture keeps polling until every transaction that could
+//! have missed the registration has finished. A safety poll every `idle_poll` covers lost
+//! notifications (a reconnect, REPEATABLE READ writers). After any reconnect it reads the
+//! log from its in-memory position, so a PostgreSQL restart loses nothing.
+
+pub mod log;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CaptureConfig;
+use crate::enrich::Enricher;
+use crate::event::{Event, Position};
+use crate::hub::Hub;
+use crate::schema::WAKE_CHANNEL;
+
+/// Where capture stands, for `/readyz` and `/metrics`.
+#[derive(Debug)]
+pub struct CaptureStatus {
+    pub connected: AtomicBool,
+    /// Milliseconds since process start of the last successful read of the log.
+    last_read_ms: AtomicU64,
+    /// Age of the oldest unconsumed change, in milliseconds.
+    lag_ms: AtomicU64,
+    position: Mutex<Position>,
+    started: Instant,
+}
+
+impl CaptureStatus {
+    pub fn new(position: Position) -> CaptureStatus {
+        CaptureStatus {
+            connected: AtomicBool::new(false),
+            last_read_ms: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            position: Mutex::new(position),
+            started: Instant::now(),
+        }
+    }
+
+    fn mark_read(&self, position: Position) {
+        self.last_read_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        *self.position.lock().unwrap_or_else(|p| p.into_inner()) = position;
+    }
+
+    fn set_lag(&self, secs: f64) {
+        self.lag_ms.store((secs * 1000.0) as u64, Ordering::Relaxed);
+        metrics::gauge!("rowcast_capture_lag_seconds").set(secs);
+    }
+
+    /// Time since the log was last read successfully.
+    pub fn since_last_read(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_read_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Age of the oldest change not yet consumed.
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn position(&self) -> Position {
+        *self.position.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Receives every batch of events in log order. The hub is the main sink; the outbox
+/// writer is woken through `after_batch`.
+pub struct Capture {
+    pub config: CaptureConfig,
+    pub database_url: String,
+    pub enricher: Enricher,
+    pub hub: Arc<Hub>,
+    pub status: Arc<CaptureStatus>,
+    /// Poked after each published batch (wakes the webhook outbox writer).
+    pub after_batch: Arc<Notify>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CaptureError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("enrich: {0}")]
+    Enrich(#[from] crate::enrich::EnrichError),
+}
+
+impl Capture {
+    /// Runs until `shutdown` is cancelled, reconnecting with backoff on any error.
+    pub async fn run(self, start: Position, shutdown: CancellationToken) {
+        let mut position = start;
+        let consumer = uuid::Uuid::new_v4();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let result = tokio::select! {
+                r = self.session(consumer, &mut position, &shutdown) => r,
+                _ = shutdown.cancelled() => Ok(()),
+            };
+            self.status.connected.store(false, Ordering::Relaxed);
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in = ?delay, %position, "capture interrupted; reconnecting");
+                    metrics::counter!("rowcast_capture_errors_total").increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One database connection's worth of capture. Returns on error.
+    async fn session(
+        &self,
+        consumer: uuid::Uuid,
+        position: &mut Position,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        let (client, mut connection) = tokio_postgres::connect(&self.database_url, NoTls).await?;
+        let wake = Arc::new(Notify::new());
+        let conn_wake = wake.clone();
+        let lost = CancellationToken::new();
+        let conn_lost = lost.clone();
+        // The connection must be polled by us to see notifications (a pooled one drops them).
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(_)) => conn_wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "capture connection ended");
+                        break;
+                    }
+                }
+            }
+            conn_lost.cancel();
+        });
+        let _driver = AbortOnDrop(driver);
+        client
+            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}"))
+            .await?;
+        self.status.connected.store(true, Ordering::Relaxed);
+        tracing::info!(%position, "capture connected");
+
+        let mut last_activity = Instant::now();
+        let mut parked: Option<ParkState> = None;
+        let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+        loop {
+            let changes = log::read_after(&client, *position, self.config.batch_size).await?;
+            self.status.mark_read(*position);
+            if let Some(first) = changes.first() {
+                if parked.take().is_some() {
+                    log::unpark(&client, consumer).await?;
+                }
+                let age = (time::OffsetDateTime::now_utc() - first.at)
+                    .as_seconds_f64()
+                    .max(0.0);
+                self.status.set_lag(age);
+                let upto = changes.last().map(|c| c.pos).unwrap_or(*position);
+                metrics::histogram!("rowcast_capture_batch_size").record(changes.len() as f64);
+                let events = self.enricher.enrich(&changes).await?;
+                record_lag(&events);
+                self.hub.publish(events, upto);
+                self.after_batch.notify_one();
+                *position = upto;
+                self.status.mark_read(*position);
+                last_activity = Instant::now();
+                continue;
+            }
+            if last_lag_check.elapsed() > Duration::from_secs(1) {
+                let age = log::oldest_unconsumed_age(&client, *position).await?;
+                self.status.set_lag(age);
+                last_lag_check = Instant::now();
+            }
+            // Nothing new. Keep polling while recently active; otherwise park.
+            let wait = if last_activity.elapsed() < self.config.idle_after {
+                self.config.active_poll
+            } else {
+                match &mut parked {
+                    None => {
+                        let ttl = (self.config.idle_poll.as_secs_f64() * 10.0).max(30.0);
+                        log::park(&client, consumer, ttl).await?;
+                        let (_, xmax) = log::snapshot_bounds(&client).await?;
+                        parked = Some(ParkState {
+                            armed_after: xmax,
+                            settled: false,
+                            refreshed: Instant::now(),
+                            ttl,
+                        });
+                        self.config.active_poll
+                    }
+                    Some(p) if !p.settled => {
+                        // Writers that started before we registered may not notify: wait
+                        // until they have all finished, polling meanwhile.
+                        let (horizon, _) = log::snapshot_bounds(&client).await?;
+                        p.settled = horizon >= p.armed_after;
+                        self.config.active_poll
+                    }
+                    Some(p) => {
+                        if p.refreshed.elapsed().as_secs_f64() > p.ttl / 3.0 {
+                            log::park(&client, consumer, p.ttl).await?;
+                            p.refreshed = Instant::now();
+                        }
+                        self.config.idle_poll
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = lost.cancelled() => {
+                    // Surface the connection error through the next query.
+                }
+                _ = shutdown.cancelled() => {
+                    let _ = log::unpark(&client, consumer).await;
+                    return Ok(());
+                }
+            }
+            if lost.is_cancelled() {
+                client.simple_query("SELECT 1").await?;
+            }
+        }
+    }
+}
+
+struct ParkState {
+    /// Transactions with ids at or above this saw our registration.
+    armed_after: i64,
+    /// Every transaction below `armed_after` has finished.
+    settled: bool,
+    refreshed: Instant,
+    ttl: f64,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Commit → emit lag of each event.
+fn record_lag(events: &[Event]) {
+    if events.is_empty() {
+        return;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    for e in events {
+        if let Some(at) = payload_time(e) {
+            let lag = (now - at).as_seconds_f64().max(0.0);
+            metrics::histogram!("rowcast_commit_to_emit_seconds").record(lag);
+        }
+    }
+}
+
+fn payload_time(e: &Event) -> Option<time::OffsetDateTime> {
+    #[derive(serde::Deserialize)]
+    struct T<'a> {
+        #[serde(borrow)]
+        committed_at: Option<&'a str>,
+    }
+    let t: T<'_> = serde_json::from_str(e.payload.get()).ok()?;
+    time::OffsetDateTime::parse(
+        t.committed_at?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+}

@@ -1,0 +1,206 @@
+//! `rowcast demo`: a throwaway PostgreSQL with the demo helpdesk, served, with a gentle
+//! workload. Everything it creates is removed when it stops.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pgtemp::{PgTemp, PgTempOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    PgTemp(#[from] crate::pgtemp::PgTempError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    #[error(transparent)]
+    Run(#[from] crate::server::RunError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// The demo schema and its sample data.
+pub const HELPDESK_SQL: &str = include_str!("../sql/demo/helpdesk.sql");
+pub const SEED_SQL: &str = include_str!("../sql/demo/seed.sql");
+
+/// Loads the demo helpdesk schema and sample data into `client`'s database.
+pub async fn load_helpdesk(
+    client: &tokio_postgres::Client,
+    seed: bool,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(HELPDESK_SQL).await?;
+    if seed {
+        client.batch_execute(SEED_SQL).await?;
+    }
+    Ok(())
+}
+
+pub async fn run(
+    mut config: Config,
+    listen: SocketAddr,
+    workload: bool,
+    shutdown: CancellationToken,
+) -> Result<(), DemoError> {
+    if config.database_url.is_some() {
+        tracing::info!("demo ignores DATABASE_URL: it always runs on its own throwaway PostgreSQL");
+    }
+    eprintln!("starting a throwaway PostgreSQL …");
+    let pg = PgTemp::start(PgTempOptions::default())?;
+    pg.create_database("helpdesk")?;
+    let url = pg.url("helpdesk");
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    load_helpdesk(&client, true).await?;
+    config.database_url = Some(url.clone());
+    if config.jwt.secret.is_none() && config.jwt.public_key_file.is_none() {
+        config.jwt.secret = Some(format!("demo-{}", uuid::Uuid::new_v4().simple()));
+    }
+    crate::schema::migrate(&mut client, &config).await?;
+    let auth = crate::api::auth::Authenticator::from_config(&config.jwt)
+        .map_err(crate::server::RunError::from)?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("{listen} is in use; picking a free port");
+            let any = SocketAddr::new(listen.ip(), 0);
+            tokio::net::TcpListener::bind(any)
+                .await
+                .map_err(|e| DemoError::Listen(any, e))?
+        }
+        Err(e) => return Err(DemoError::Listen(listen, e)),
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Listen(listen, e))?;
+    let base = format!("http://{addr}");
+    let ttl = 12 * 3600;
+    let agent = auth.issue("1", "agent", ttl).unwrap_or_default();
+    let admin = auth.issue("2", "admin", ttl).unwrap_or_default();
+    let customer = auth.issue("3", "customer", ttl).unwrap_or_default();
+    println!();
+    println!("rowcast demo is running");
+    println!("  console (agent):    {base}/?token={agent}");
+    println!("  console (customer): {base}/?token={customer}");
+    println!("  WebSocket:          ws://{addr}/ws?token=<token>");
+    println!("  Socket.IO:          io(\"{base}\", {{ auth: {{ token }} }})");
+    println!("  SSE:                {base}/events?rooms=tickets,comments&token=<token>");
+    println!("  database:           {url}");
+    println!("  tokens (12 h):");
+    println!("    agent    (sub 1): {agent}");
+    println!("    admin    (sub 2): {admin}");
+    println!("    customer (sub 3): {customer}");
+    println!("  Ctrl-C stops it and removes the database.");
+    println!();
+    let driver = workload.then(|| {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = drive_workload(client, stop).await {
+                tracing::warn!(error = %e, "demo workload stopped");
+            }
+        })
+    });
+    crate::server::run(config, listener, shutdown).await?;
+    if let Some(d) = driver {
+        d.abort();
+    }
+    conn.abort();
+    drop(pg);
+    eprintln!("demo stopped; its database was removed");
+    Ok(())
+}
+
+/// A gentle helpdesk: ticket updates, comments with notifications, new tickets, kb edits.
+async fn drive_workload(
+    mut client: tokio_postgres::Client,
+    stop: CancellationToken,
+) -> Result<(), tokio_postgres::Error> {
+    const SUBJECTS: &[&str] = &[
+        "Export to CSV times out",
+        "Two-factor codes arrive late",
+        "Cannot upload a 30 MB attachment",
+        "Wrong time zone on invoices",
+        "Search ignores accents",
+    ];
+    const REPLIES: &[&str] = &[
+        "Thanks, we are looking into it.",
+        "Could you send a screenshot?",
+        "A fix ships tomorrow.",
+        "Does it still happen after clearing the cache?",
+    ];
+    const STATUSES: &[&str] = &["open", "pending", "solved"];
+    let mut tick: u64 = 0;
+    loop {
+        let pause = Duration::from_millis(rand::rng().random_range(800..2000));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        tick += 1;
+        let roll: u32 = rand::rng().random_range(0..10);
+        match roll {
+            0..=3 => {
+                let status = *STATUSES.choose(&mut rand::rng()).unwrap_or(&"open");
+                client
+                    .execute(
+                        "UPDATE tickets SET status = $1, updated_at = now()
+                          WHERE id = (SELECT id FROM tickets ORDER BY random() LIMIT 1)",
+                        &[&status],
+                    )
+                    .await?;
+            }
+            4..=6 => {
+                let body = *REPLIES.choose(&mut rand::rng()).unwrap_or(&"Thanks!");
+                let tx = client.transaction().await?;
+                let row = tx
+                    .query_one(
+                        "INSERT INTO comments (ticket_id, author_id, body)
+                         SELECT id, 1, $1 FROM tickets ORDER BY random() LIMIT 1
+                         RETURNING id, ticket_id",
+                        &[&body],
+                    )
+                    .await?;
+                let comment_id: i64 = row.get(0);
+                let ticket_id: i64 = row.get(1);
+                tx.execute(
+                        "INSERT INTO notifications (user_id, type, message, related_id, related_type)
+                         SELECT requester_id, 'comment_on_ticket', 'Ada replied to \"' || subject || '\"', $1::text, 'comment'
+                           FROM tickets WHERE id = $2",
+                        &[&comment_id.to_string(), &ticket_id],
+                    )
+                    .await?;
+                tx.commit().await?;
+            }
+            7 => {
+                let subject = *SUBJECTS.choose(&mut rand::rng()).unwrap_or(&"Help");
+                client
+                    .execute(
+                        "INSERT INTO tickets (subject, body, requester_id) VALUES ($1, 'Reported via the demo', $2)",
+                        &[&subject, &(3 + (tick % 2) as i64)],
+                    )
+                    .await?;
+            }
+            8 => {
+                client
+                    .execute(
+                        "UPDATE kb_articles SET body = body || ' (updated)', updated_at = now()
+                          WHERE id = (SELECT id FROM kb_articles ORDER BY random() LIMIT 1)",
+                        &[],
+                    )
+                    .await?;
+            }
+            _ => {
+                client
+                    .execute("UPDATE users SET updated_at = now() WHERE id = 1", &[])
+                    .await?;
+            }
+        }
+    }
+}

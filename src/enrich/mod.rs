@@ -1,0 +1,285 @@
+//! Enrichment: turns a batch of log changes into routed events carrying full rows.
+//!
+//! Guarantees: one query per table per batch (plus one per related table for
+//! notifications); duplicate keys inside a batch are coalesced into one event at the
+//! position of the last change; hidden columns are removed in the SQL that loads the row,
+//! so they never reach rowcast's memory; deletes carry the old row kept by the trigger.
+//! Rows are loaded as they are *now*, so every client converges to the latest committed
+//! state even if it sees an older event late. An insert or update whose row no longer
+//! exists is dropped: its delete follows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use crate::config::TableKind;
+use crate::event::{Change, Event, Op, Position};
+use crate::route::{self, Enriched, scalar_text};
+use crate::schema::{Catalog, TableSpec, quote_ident};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error("database error while loading rows: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+impl EnrichError {
+    /// Every enrichment failure is a database failure: the caller retries the same batch.
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+/// Loads full rows for changes. Cheap to clone.
+#[derive(Clone)]
+pub struct Enricher {
+    catalog: Arc<Catalog>,
+    pool: Pool,
+}
+
+/// A run of changes to one row inside a batch, coalesced.
+struct Merged<'a> {
+    spec: &'a Arc<TableSpec>,
+    first: Op,
+    last: Op,
+    seq: Position,
+    at: time::OffsetDateTime,
+    pk: &'a Value,
+    old: Option<&'a Value>,
+}
+
+impl Merged<'_> {
+    fn op(&self) -> Op {
+        match (self.first, self.last) {
+            (_, Op::Delete) => Op::Delete,
+            (Op::Insert, _) => Op::Insert,
+            (Op::Delete, Op::Insert) => Op::Update,
+            (_, last) => last,
+        }
+    }
+}
+
+impl Enricher {
+    pub fn new(catalog: Arc<Catalog>, pool: Pool) -> Enricher {
+        Enricher { catalog, pool }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Enriches and routes a batch; events come out in log order.
+    pub async fn enrich(&self, changes: &[Change]) -> Result<Vec<Event>, EnrichError> {
+        let mut merged: Vec<Merged<'_>> = Vec::with_capacity(changes.len());
+        let mut index: HashMap<(&str, String), usize> = HashMap::with_capacity(changes.len());
+        for c in changes {
+            let Some(spec) = self.catalog.by_name(&c.table) else {
+                continue; // a table dropped from the configuration; its old changes are skipped
+            };
+            let key = (c.table.as_str(), c.pk.to_string());
+            match index.get(&key) {
+                Some(&i) => {
+                    let m = &mut merged[i];
+                    m.last = c.op;
+                    m.seq = c.pos;
+                    m.at = c.at;
+                    if c.old.is_some() {
+                        m.old = c.old.as_ref();
+                    }
+                }
+                None => {
+                    index.insert(key, merged.len());
+                    merged.push(Merged {
+                        spec,
+                        first: c.op,
+                        last: c.op,
+                        seq: c.pos,
+                        at: c.at,
+                        pk: &c.pk,
+                        old: c.old.as_ref(),
+                    });
+                }
+            }
+        }
+        merged.sort_by_key(|m| m.seq);
+
+        let client = self.pool.get().await?;
+        // One load per table for every row that still exists.
+        let mut wanted: HashMap<&str, (&Arc<TableSpec>, Vec<&Value>)> = HashMap::new();
+        for m in merged.iter().filter(|m| m.op() != Op::Delete) {
+            wanted
+                .entry(m.spec.name.as_str())
+                .or_insert_with(|| (m.spec, Vec::new()))
+                .1
+                .push(m.pk);
+        }
+        let mut rows: HashMap<(&str, String), Value> = HashMap::new();
+        for (table, (spec, pks)) in &wanted {
+            for row in load_rows(&client, spec, pks).await? {
+                rows.insert((*table, key_of(spec, &row)), row);
+            }
+        }
+
+        // Notifications: the related entity of every notification row, one load per table.
+        let mut related_wanted: HashMap<&str, (&Arc<TableSpec>, Vec<Value>)> = HashMap::new();
+        let related_ref = |spec: &TableSpec, row: &Value| -> Option<(Arc<TableSpec>, Value)> {
+            let ty = row
+                .get(spec.config.related_type_column.as_deref()?)?
+                .as_str()?;
+            let id = row.get(spec.config.related_id_column.as_deref()?)?;
+            let target = self.catalog.by_related_type(ty)?;
+            (target.key.len() == 1 && !id.is_null())
+                .then(|| (target.clone(), Value::Array(vec![id.clone()])))
+        };
+        for m in &merged {
+            if m.spec.kind() != TableKind::Notification {
+                continue;
+            }
+            let row = match m.op() {
+                Op::Delete => m.old,
+                _ => rows.get(&(m.spec.name.as_str(), m.pk.to_string())),
+            };
+            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, r))
+                && let Some(t) = self.catalog.by_name(&target.name)
+            {
+                related_wanted
+                    .entry(t.name.as_str())
+                    .or_insert_with(|| (t, Vec::new()))
+                    .1
+                    .push(pk);
+            }
+        }
+        let mut related: HashMap<(&str, String), Value> = HashMap::new();
+        for (table, (spec, pks)) in &related_wanted {
+            let refs: Vec<&Value> = pks.iter().collect();
+            for row in load_rows(&client, spec, &refs).await? {
+                related.insert((*table, normalize_key(spec, &row)), row);
+            }
+        }
+
+        let mut events = Vec::with_capacity(merged.len());
+        for m in &merged {
+            let op = m.op();
+            let row = match op {
+                Op::Delete => match m.old {
+                    Some(old) => old.clone(),
+                    None => continue,
+                },
+                _ => match rows.remove(&(m.spec.name.as_str(), m.pk.to_string())) {
+                    Some(r) => r,
+                    None => continue, // deleted since; its delete event follows
+                },
+            };
+            let enriched_related = if m.spec.kind() == TableKind::Notification {
+                related_ref(m.spec, &row).and_then(|(target, pk)| {
+                    let id = pk
+                        .as_array()
+                        .and_then(|a| a.first())
+                        .and_then(scalar_text)?;
+                    related.get(&(target.name.as_str(), id)).cloned()
+                })
+            } else {
+                None
+            };
+            let e = Enriched {
+                spec: m.spec,
+                seq: m.seq,
+                op,
+                pk: m.pk,
+                row,
+                committed_at: m.at,
+                related: enriched_related,
+            };
+            events.push(match m.spec.kind() {
+                TableKind::Entity => route::entity_event(e),
+                TableKind::Notification => route::notification_event(e),
+            });
+        }
+        Ok(events)
+    }
+}
+
+/// The key of a loaded row in the same text form as `Change::pk.to_string()`.
+fn key_of(spec: &TableSpec, row: &Value) -> String {
+    let vals: Vec<Value> = spec
+        .key
+        .iter()
+        .map(|k| row.get(&k.name).cloned().unwrap_or(Value::Null))
+        .collect();
+    Value::Array(vals).to_string()
+}
+
+/// A one-column key as text, whatever JSON type the reference used (`"7"` or `7`).
+fn normalize_key(spec: &TableSpec, row: &Value) -> String {
+    spec.key
+        .first()
+        .and_then(|k| row.get(&k.name))
+        .and_then(scalar_text)
+        .unwrap_or_default()
+}
+
+/// Loads the current rows for `pks` (JSON arrays of key values), hidden columns removed.
+async fn load_rows(
+    client: &deadpool_postgres::Client,
+    spec: &TableSpec,
+    pks: &[&Value],
+) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let sql = load_sql(spec);
+    let stmt = client.prepare_cached(&sql).await?;
+    let hidden: Vec<String> = spec.config.hidden.clone();
+    let mut columns: Vec<Vec<String>> = vec![Vec::with_capacity(pks.len()); spec.key.len()];
+    for pk in pks {
+        let Some(vals) = pk.as_array() else { continue };
+        for (i, col) in columns.iter_mut().enumerate() {
+            col.push(vals.get(i).and_then(scalar_text).unwrap_or_default());
+        }
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&hidden];
+    for c in &columns {
+        params.push(c);
+    }
+    let rows = client.query(&stmt, &params).await?;
+    Ok(rows.iter().map(|r| r.get::<_, Value>(0)).collect())
+}
+
+/// `SELECT to_jsonb(t) - hidden FROM table t WHERE key IN (…)`, cached per table.
+fn load_sql(spec: &TableSpec) -> String {
+    let row = "pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $1::text[]";
+    if let [k] = spec.key.as_slice() {
+        return format!(
+            "SELECT {row} FROM {} t WHERE t.{} = ANY($2::text[]::{}[])",
+            spec.quoted,
+            quote_ident(&k.name),
+            k.sql_type
+        );
+    }
+    let casts: Vec<String> = spec
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("${}::text[]::{}[]", i + 2, k.sql_type))
+        .collect();
+    let names: Vec<String> = (0..spec.key.len()).map(|i| format!("k{i}")).collect();
+    let on: Vec<String> = spec
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("t.{} = k.k{i}", quote_ident(&k.name)))
+        .collect();
+    format!(
+        "SELECT {row} FROM {} t JOIN unnest({}) AS k({}) ON {}",
+        spec.quoted,
+        casts.join(", "),
+        names.join(", "),
+        on.join(" AND ")
+    )
+}

@@ -1,0 +1,145 @@
+//! The vocabulary shared by every stage: log positions, captured changes, routed events.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// A position in the change log: `(transaction id, change id)`.
+///
+/// Positions are totally ordered and identical on every replica. The capture reader only
+/// hands out changes of transactions older than the snapshot horizon, so once a position
+/// has been handed out no change at or before it can still appear. Clients see it as the
+/// opaque string `"<xid>-<id>"` (`seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub xid: i64,
+    pub id: i64,
+}
+
+impl Position {
+    pub const ZERO: Position = Position { xid: 0, id: 0 };
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.xid, self.id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a seq: expected the `seq` of an event, like \"1234-56\"")]
+pub struct BadPosition(pub String);
+
+impl FromStr for Position {
+    type Err = BadPosition;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadPosition(s.chars().take(64).collect());
+        let (xid, id) = s.trim().split_once('-').ok_or_else(bad)?;
+        let xid: i64 = xid.parse().map_err(|_| bad())?;
+        let id: i64 = id.parse().map_err(|_| bad())?;
+        if xid < 0 || id < 0 {
+            return Err(bad());
+        }
+        Ok(Position { xid, id })
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn from_code(c: i8) -> Option<Op> {
+        match c as u8 {
+            b'i' => Some(Op::Insert),
+            b'u' => Some(Op::Update),
+            b'd' => Some(Op::Delete),
+            _ => None,
+        }
+    }
+    /// `insert | update | delete`, as in the payload's `op`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+    /// `created | updated | deleted`, as in `ticket.updated`.
+    pub fn past(self) -> &'static str {
+        match self {
+            Op::Insert => "created",
+            Op::Update => "updated",
+            Op::Delete => "deleted",
+        }
+    }
+}
+
+/// One row of `rowcast.changes`.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub pos: Position,
+    pub at: time::OffsetDateTime,
+    pub op: Op,
+    pub table: String,
+    /// Key values as a JSON array.
+    pub pk: serde_json::Value,
+    /// The old row, for deletes (hidden columns already removed by the trigger).
+    pub old: Option<serde_json::Value>,
+}
+
+/// An enriched, routed event, serialized once and shared by every session that receives it.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: Position,
+    /// Name sent on Socket.IO and `/ws`: `ticket.update`, `notification`, `notification.update`.
+    pub name: String,
+    /// Event type for webhooks and payloads: `ticket.updated`, `notification.created`.
+    pub event_type: String,
+    /// Schema-qualified table.
+    pub table: String,
+    /// Rooms the event goes to, most general first.
+    pub rooms: Vec<String>,
+    /// For notifications: the recipient's user id.
+    pub recipient: Option<String>,
+    /// The contract's payload, serialized.
+    pub payload: Box<RawValue>,
+}
+
+pub type SharedEvent = Arc<Event>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_round_trips_and_orders() {
+        let p: Position = "812-15".parse().unwrap();
+        assert_eq!(p, Position { xid: 812, id: 15 });
+        assert_eq!(p.to_string(), "812-15");
+        assert!(Position { xid: 9, id: 100 } < Position { xid: 10, id: 1 });
+        assert!("12".parse::<Position>().is_err());
+        assert!("a-1".parse::<Position>().is_err());
+        assert!("-1-1".parse::<Position>().is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Who may join which room: per-room role allow-lists, and private `user:<sub>` rooms.
+
+use std::collections::BTreeMap;
+
+use crate::api::auth::AuthUser;
+use crate::config::RoomConfig;
+
+/// Why a join was refused. The message is shown to the client as is.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    #[error("room {0:?} does not exist")]
+    UnknownRoom(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("a room name is 1 to 200 characters")]
+    BadName,
+    #[error("a session may be in at most {0} rooms")]
+    TooManyRooms(usize),
+}
+
+impl JoinError {
+    /// Stable machine-readable code for error frames and acknowledgements.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JoinError::UnknownRoom(_) => "unknown_room",
+            JoinError::Forbidden(_) => "forbidden",
+            JoinError::BadName => "bad_request",
+            JoinError::TooManyRooms(_) => "too_many_rooms",
+        }
+    }
+}
+
+/// Room allow-lists from the configuration. `prefix:*` entries cover every `prefix:<x>`.
+#[derive(Debug, Clone)]
+pub struct Acl {
+    exact: BTreeMap<String, Vec<String>>,
+    prefixes: Vec<(String, Vec<String>)>,
+}
+
+impl Acl {
+    pub fn new(rooms: &BTreeMap<String, RoomConfig>) -> Acl {
+        let mut exact = BTreeMap::new();
+        let mut prefixes = Vec::new();
+        for (name, rc) in rooms {
+            match name.strip_suffix('*') {
+                Some(prefix) => prefixes.push((prefix.to_string(), rc.roles.clone())),
+                None => {
+                    exact.insert(name.clone(), rc.roles.clone());
+                }
+            }
+        }
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Acl { exact, prefixes }
+    }
+
+    /// Whether `user` may join `room`.
+    pub fn check(&self, user: &AuthUser, room: &str) -> Result<(), JoinError> {
+        if room.is_empty() || room.len() > 200 {
+            return Err(JoinError::BadName);
+        }
+        if let Some(owner) = room.strip_prefix("user:") {
+            return if owner == user.sub {
+                Ok(())
+            } else {
+                Err(JoinError::Forbidden(
+                    "user rooms are private: you may only be in your own user room".into(),
+                ))
+            };
+        }
+        let roles = self.exact.get(room).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(p, _)| room.len() > p.len() && room.starts_with(p.as_str()))
+                .map(|(_, r)| r)
+        });
+        let Some(roles) = roles else {
+            return Err(JoinError::UnknownRoom(room.to_string()));
+        };
+        if roles.iter().any(|r| r == "*" || user.roles.contains(r)) {
+            Ok(())
+        } else {
+            Err(JoinError::Forbidden(format!(
+                "your role ({}) may not join {room:?}; allowed: {}",
+                if user.roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    user.roles.join(", ")
+                },
+                roles.join(", ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::default_rooms;
+
+    fn user(sub: &str, role: &str) -> AuthUser {
+        AuthUser {
+            sub: sub.into(),
+            roles: vec![role.into()],
+            exp: None,
+        }
+    }
+
+    #[test]
+    fn default_allow_lists() {
+        let acl = Acl::new(&default_rooms());
+        let agent = user("1", "agent");
+        let customer = user("3", "customer");
+        assert!(acl.check(&agent, "tickets").is_ok());
+        assert!(acl.check(&agent, "tickets:12").is_ok());
+        assert!(acl.check(&agent, "users").is_ok());
+        assert_eq!(
+            acl.check(&customer, "tickets").unwrap_err().code(),
+            "forbidden"
+        );
+        assert!(acl.check(&customer, "kb").is_ok());
+        assert!(acl.check(&customer, "user:3").is_ok());
+        assert_eq!(acl.check(&agent, "user:3").unwrap_err().code(), "forbidden");
+        assert_eq!(
+            acl.check(&agent, "nope").unwrap_err().code(),
+            "unknown_room"
+        );
+        assert_eq!(
+            acl.check(&agent, "tickets:").unwrap_err().code(),
+            "unknown_room"
+        );
+        assert_eq!(acl.check(&agent, "").unwrap_err().code(), "bad_request");
+    }
+}

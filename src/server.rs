@@ -1,0 +1,227 @@
+//! Wires the stages together and serves HTTP until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::auth::Authenticator;
+use crate::api::{self, AppState};
+use crate::capture::{Capture, CaptureStatus, log};
+use crate::config::Config;
+use crate::enrich::Enricher;
+use crate::hub::{self, Acl, Hub};
+use crate::schema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] api::auth::KeyError),
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(
+        "rowcast's schema is not installed in this database: run `rowcast migrate` (or `serve --migrate`)"
+    )]
+    NotMigrated,
+    #[error("the database does not match the configuration (run `rowcast check` for details):\n  - {}", .0.join("\n  - "))]
+    Mismatch(Vec<String>),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A connection pool for the configured database.
+pub fn pool(config: &Config) -> Result<Pool, RunError> {
+    let url = config.require_database_url()?;
+    let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        RunError::Connect(format!(
+            "DATABASE_URL is not a valid connection string: {e}"
+        ))
+    })?;
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| RunError::Connect(e.to_string()))
+}
+
+/// Runs rowcast (capture, hub, HTTP) on `listener` until `shutdown` is cancelled, then shuts
+/// down in order: stop accepting, close sessions (1001), stop workers, within
+/// `shutdown_timeout`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    crate::telemetry::init_metrics();
+    let auth = Arc::new(Authenticator::from_config(&config.jwt)?);
+    let pool = pool(&config)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| RunError::Connect(e.to_string()))?;
+    let installed: bool = client
+        .query_one("SELECT to_regclass('rowcast.changes') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !installed {
+        return Err(RunError::NotMigrated);
+    }
+    let (catalog, problems) = schema::resolve(&**client, &config.tables).await?;
+    if !problems.is_empty() {
+        return Err(RunError::Mismatch(problems));
+    }
+    let start = log::start_position(&**client).await?;
+    drop(client);
+
+    let catalog = Arc::new(catalog);
+    let enricher = Enricher::new(catalog.clone(), pool.clone());
+    let hub = Arc::new(Hub::new(
+        config.hub.clone(),
+        Acl::new(&config.rooms),
+        Some(enricher.clone()),
+        start,
+    ));
+    let status = Arc::new(CaptureStatus::new(start));
+    let after_batch = Arc::new(Notify::new());
+    let tracker = TaskTracker::new();
+    let workers = CancellationToken::new();
+
+    tracker.spawn(
+        Capture {
+            config: config.capture.clone(),
+            database_url: config.require_database_url()?.to_string(),
+            enricher: enricher.clone(),
+            hub: hub.clone(),
+            status: status.clone(),
+            after_batch: after_batch.clone(),
+        }
+        .run(start, workers.clone()),
+    );
+    tracker.spawn(prune_loop(config.clone(), pool.clone(), workers.clone()));
+
+    let state = AppState {
+        config: config.clone(),
+        hub: hub.clone(),
+        auth,
+        pool: pool.clone(),
+        capture: status,
+        shutdown: shutdown.clone(),
+    };
+    let app = router(state);
+    tracing::info!(listen = %listener.local_addr()?, position = %start, "rowcast serving");
+    let http_shutdown = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+    let deadline = config.shutdown_timeout;
+    let served = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: closing sessions, stopping workers");
+    // Sessions watch `shutdown` and close with 1001; give them a moment to say goodbye.
+    let drained = tokio::time::timeout(deadline, async {
+        while hub.session_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            sessions = hub.session_count(),
+            "sessions still open at the shutdown deadline"
+        );
+    }
+    workers.cancel();
+    tracker.close();
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("workers did not stop within the shutdown deadline");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
+    pool.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.config.http.cors_origins);
+    let body_limit = state.config.http.max_body_bytes;
+    Router::new()
+        .merge(api::routes())
+        .route("/ws", get(hub::ws::handler))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let base = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        base.allow_origin(Any)
+    } else {
+        let list: Vec<axum::http::HeaderValue> =
+            origins.iter().filter_map(|o| o.parse().ok()).collect();
+        base.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+/// Retention of the change log: small batches, never past the outbox cursor.
+async fn prune_loop(config: Arc<Config>, pool: Pool, stop: CancellationToken) {
+    let age = config.retention.changes.as_secs_f64();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.retention.interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        let result: Result<u64, String> = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let keep = log::cursor(&**client, "outbox")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut total = 0;
+            loop {
+                let n = log::prune(&**client, age, keep, config.retention.batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                total += n;
+                if n < config.retention.batch as u64 || stop.is_cancelled() {
+                    return Ok(total);
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("rowcast_changes_pruned_total").increment(n);
+                tracing::info!(pruned = n, "pruned old changes");
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning changes failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: a real PostgreSQL per test, rowcast in-process, real clients.
+
+mod support;
+
+mod core;

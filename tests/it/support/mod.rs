@@ -1,0 +1,181 @@
+//! Test support: a throwaway PostgreSQL per test, rowcast on a free port, real clients.
+
+#![allow(dead_code)]
+
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::Location;
+use std::time::Duration;
+
+use rowcast::Config;
+use rowcast::api::auth::Authenticator;
+use rowcast::pgtemp::{PgTemp, PgTempOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// A database with the demo helpdesk schema (seeded) and rowcast migrated.
+pub struct Db {
+    pub pg: PgTemp,
+    pub url: String,
+}
+
+impl Db {
+    pub async fn start() -> Db {
+        Db::start_with(PgTempOptions::default()).await
+    }
+
+    pub async fn start_with(options: PgTempOptions) -> Db {
+        let pg = tokio::task::spawn_blocking(move || PgTemp::start(options))
+            .await
+            .unwrap()
+            .expect("start a throwaway PostgreSQL");
+        let url = pg.url("postgres");
+        let db = Db { pg, url };
+        let client = db.client().await;
+        rowcast::demo::load_helpdesk(&client, true)
+            .await
+            .expect("load demo schema");
+        db
+    }
+
+    /// A new connection (its driver runs in the background).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.apply_defaults();
+        c.database_url = Some(self.url.clone());
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.jwt.secret = Some(SECRET.into());
+        c.shutdown_timeout = Duration::from_secs(5);
+        c
+    }
+
+    pub async fn migrate(&self, config: &Config) {
+        let mut client = self.client().await;
+        rowcast::schema::migrate(&mut client, config)
+            .await
+            .expect("migrate");
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// rowcast running in this process on a free port.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<Result<(), rowcast::RunError>>,
+    pub auth: std::sync::Arc<Authenticator>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let auth = std::sync::Arc::new(Authenticator::from_config(&config.jwt).unwrap());
+        let handle = tokio::spawn(rowcast::run(config.clone(), listener, shutdown.clone()));
+        let s = Server {
+            addr,
+            config,
+            shutdown,
+            handle,
+            auth,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    pub fn token(&self, sub: &str, role: &str) -> String {
+        self.auth.issue(sub, role, 3600).unwrap()
+    }
+
+    #[track_caller]
+    pub fn wait_ready(&self) -> impl Future<Output = ()> + '_ {
+        let at = Location::caller();
+        async move {
+            let url = format!("{}/readyz", self.http());
+            let client = reqwest::Client::new();
+            for _ in 0..300 {
+                if let Ok(r) = client.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    return;
+                }
+                if self.handle.is_finished() {
+                    panic!("rowcast exited before it was ready (waited at {at})");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("rowcast not ready after 15 s (waited at {at})");
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("rowcast stops within 20 s");
+        r.unwrap().expect("rowcast exits cleanly");
+    }
+}
+
+/// The usual setup: a seeded helpdesk database, migrated, and rowcast serving it.
+pub async fn start() -> (Db, Server) {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> (Db, Server) {
+    let db = Db::start().await;
+    let mut config = db.config();
+    tweak(&mut config);
+    db.migrate(&config).await;
+    let server = Server::start(config).await;
+    (db, server)
+}
+
+/// Waits for `f` to return `Some`, panicking with the caller's location after `secs`.
+#[track_caller]
+pub fn eventually<T, F, Fut>(secs: u64, mut f: F) -> impl Future<Output = T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let at = Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("condition not met within {secs} s (waited at {at})");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
