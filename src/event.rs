@@ -124,6 +124,8 @@ pub struct Event {
     pub recipient: Option<String>,
     /// The contract's payload, serialized.
     pub payload: Box<RawValue>,
+    /// Time of the transaction that made the change.
+    pub committed_at: time::OffsetDateTime,
 }
 
 pub type SharedEvent = Arc<Event>;

@@ -266,28 +266,9 @@ impl Drop for AbortOnDrop {
 
 /// Commit → emit lag of each event.
 fn record_lag(events: &[Event]) {
-    if events.is_empty() {
-        return;
-    }
     let now = time::OffsetDateTime::now_utc();
     for e in events {
-        if let Some(at) = payload_time(e) {
-            let lag = (now - at).as_seconds_f64().max(0.0);
-            metrics::histogram!("rowcast_commit_to_emit_seconds").record(lag);
-        }
+        let lag = (now - e.committed_at).as_seconds_f64().max(0.0);
+        metrics::histogram!("rowcast_commit_to_emit_seconds").record(lag);
     }
-}
-
-fn payload_time(e: &Event) -> Option<time::OffsetDateTime> {
-    #[derive(serde::Deserialize)]
-    struct T<'a> {
-        #[serde(borrow)]
-        committed_at: Option<&'a str>,
-    }
-    let t: T<'_> = serde_json::from_str(e.payload.get()).ok()?;
-    time::OffsetDateTime::parse(
-        t.committed_at?,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()
 }

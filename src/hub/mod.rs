@@ -195,6 +195,9 @@ impl Hub {
                 }
                 entry.kick.cancel();
                 for room in entry.rooms.drain() {
+                    if !room.starts_with("user:") {
+                        metrics::gauge!("rowcast_joined_rooms").decrement(1.0);
+                    }
                     if let Some(m) = st.rooms.get_mut(&room) {
                         m.remove(&sid);
                     }

@@ -176,6 +176,7 @@ pub fn entity_event(e: Enriched<'_>) -> Event {
         rooms,
         recipient: None,
         payload: to_raw(&payload),
+        committed_at: e.committed_at,
     }
 }
 
@@ -211,6 +212,7 @@ pub fn notification_event(e: Enriched<'_>) -> Event {
         rooms: recipient.iter().map(|r| format!("user:{r}")).collect(),
         recipient,
         payload: to_raw(&payload),
+        committed_at: e.committed_at,
     }
 }
 
