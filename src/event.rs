@@ -7,43 +7,35 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-/// A position in the change log: `(transaction id, change id)`.
+/// A position in the change log: the `seq` the sequencer stamped on a change.
 ///
-/// Positions are totally ordered and identical on every replica. The capture reader only
-/// hands out changes of transactions older than the snapshot horizon, so once a position
-/// has been handed out no change at or before it can still appear. Clients see it as the
-/// opaque string `"<xid>-<id>"` (`seq`).
+/// Positions are totally ordered and identical on every replica: once a reader has seen a
+/// position, no change at or before it can appear later. Clients see it as the decimal
+/// string `seq` (e.g. `"1234"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Position {
-    pub xid: i64,
-    pub id: i64,
-}
+pub struct Position(pub i64);
 
 impl Position {
-    pub const ZERO: Position = Position { xid: 0, id: 0 };
+    pub const ZERO: Position = Position(0);
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.xid, self.id)
+        write!(f, "{}", self.0)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a seq: expected the `seq` of an event, like \"1234-56\"")]
+#[error("{0:?} is not a seq: expected the `seq` of an event, a whole number like \"1234\"")]
 pub struct BadPosition(pub String);
 
 impl FromStr for Position {
     type Err = BadPosition;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadPosition(s.chars().take(64).collect());
-        let (xid, id) = s.trim().split_once('-').ok_or_else(bad)?;
-        let xid: i64 = xid.parse().map_err(|_| bad())?;
-        let id: i64 = id.parse().map_err(|_| bad())?;
-        if xid < 0 || id < 0 {
-            return Err(bad());
+        match s.trim().parse::<i64>() {
+            Ok(n) if n >= 0 => Ok(Position(n)),
+            _ => Err(BadPosition(s.chars().take(64).collect())),
         }
-        Ok(Position { xid, id })
     }
 }
 
@@ -55,8 +47,16 @@ impl Serialize for Position {
 
 impl<'de> Deserialize<'de> for Position {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+            Raw::N(n) => format!("{n}").parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -136,12 +136,14 @@ mod tests {
 
     #[test]
     fn position_round_trips_and_orders() {
-        let p: Position = "812-15".parse().unwrap();
-        assert_eq!(p, Position { xid: 812, id: 15 });
-        assert_eq!(p.to_string(), "812-15");
-        assert!(Position { xid: 9, id: 100 } < Position { xid: 10, id: 1 });
-        assert!("12".parse::<Position>().is_err());
-        assert!("a-1".parse::<Position>().is_err());
-        assert!("-1-1".parse::<Position>().is_err());
+        let p: Position = "812".parse().unwrap();
+        assert_eq!(p, Position(812));
+        assert_eq!(p.to_string(), "812");
+        assert!(Position(9) < Position(10));
+        assert!("12-1".parse::<Position>().is_err());
+        assert!("a".parse::<Position>().is_err());
+        assert!("-1".parse::<Position>().is_err());
+        let v: Position = serde_json::from_str("\"7\"").unwrap();
+        assert_eq!(v, Position(7));
     }
 }

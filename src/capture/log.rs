@@ -5,25 +5,60 @@ use tokio_postgres::Row;
 
 use crate::event::{Change, Op, Position};
 
-const COLUMNS: &str = "xid, id, at, op, tbl, pk, old";
+const COLUMNS: &str = "seq, at, op, tbl, pk, old";
+
+/// Key of the session advisory lock held by the one replica that sequences changes.
+pub const SEQUENCER_LOCK: i64 = 0x726f_7763_6173_7402;
+
+/// NOTIFY channel on which the sequencer announces new sequenced changes.
+pub const SEQUENCED_CHANNEL: &str = "rowcast_sequenced";
 
 fn change(row: &Row) -> Option<Change> {
     Some(Change {
-        pos: Position {
-            xid: row.get(0),
-            id: row.get(1),
-        },
-        at: row.get(2),
-        op: Op::from_code(row.get(3))?,
-        table: row.get(4),
-        pk: row.get(5),
-        old: row.get(6),
+        pos: Position(row.get(0)),
+        at: row.get(1),
+        op: Op::from_code(row.get(2))?,
+        table: row.get(3),
+        pk: row.get(4),
+        old: row.get(5),
     })
 }
 
-/// Changes after `after` of transactions that have all finished (older than the snapshot
-/// horizon), in log order. Never returns a change that an earlier call could still have
-/// been missing: nothing at or before the last returned position can appear later.
+/// Tries to become the sequencer (session-level lock: held until this connection ends).
+pub async fn try_lead<C: GenericClient>(client: &C) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
+        .await?
+        .get(0))
+}
+
+/// Stamps up to `limit` committed, unsequenced changes with the next `seq` values, in
+/// change-id order, and announces them. Only the lock holder calls this, one transaction
+/// at a time on one connection, so a later call's values are greater than every value an
+/// earlier call committed: readers of `seq > cursor` never skip one. Returns how many.
+pub async fn sequence(
+    client: &mut tokio_postgres::Client,
+    limit: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE rowcast.changes c SET seq = s.seq
+               FROM (SELECT id, nextval('rowcast.change_seq') AS seq
+                       FROM (SELECT id FROM rowcast.changes WHERE seq IS NULL ORDER BY id LIMIT $1) o) s
+              WHERE c.id = s.id AND c.seq IS NULL",
+            &[&limit],
+        )
+        .await?;
+    if n > 0 {
+        tx.batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}"))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Sequenced changes after `after`, in `seq` order.
 pub async fn read_after<C: GenericClient>(
     client: &C,
     after: Position,
@@ -33,18 +68,15 @@ pub async fn read_after<C: GenericClient>(
         .query(
             &format!(
                 "SELECT {COLUMNS} FROM rowcast.changes
-                  WHERE (xid, id) > ($1, $2)
-                    AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                  ORDER BY xid, id LIMIT $3"
+                  WHERE seq > $1 ORDER BY seq LIMIT $2"
             ),
-            &[&after.xid, &after.id, &limit],
+            &[&after.0, &limit],
         )
         .await?;
     Ok(rows.iter().filter_map(change).collect())
 }
 
-/// Changes in `(after, until]`, optionally only of `tables`, in log order. `until` must be
-/// a position already handed out by [`read_after`], so the range is final.
+/// Changes in `(after, until]`, optionally only of `tables`, in `seq` order.
 pub async fn read_range<C: GenericClient>(
     client: &C,
     after: Position,
@@ -57,34 +89,30 @@ pub async fn read_range<C: GenericClient>(
         .query(
             &format!(
                 "SELECT {COLUMNS} FROM rowcast.changes
-                  WHERE (xid, id) > ($1, $2) AND (xid, id) <= ($3, $4)
-                    AND ($5::text[] IS NULL OR tbl = ANY($5))
-                  ORDER BY xid, id LIMIT $6"
+                  WHERE seq > $1 AND seq <= $2 AND ($3::text[] IS NULL OR tbl = ANY($3))
+                  ORDER BY seq LIMIT $4"
             ),
-            &[
-                &after.xid, &after.id, &until.xid, &until.id, &tables, &limit,
-            ],
+            &[&after.0, &until.0, &tables, &limit],
         )
         .await?;
     Ok(rows.iter().filter_map(change).collect())
 }
 
-/// The position just before every transaction that has not finished yet: a consumer that
-/// starts here sees every change committed from now on.
+/// The newest committed position: a consumer that starts here sees every change
+/// sequenced from now on (any sequencing still in flight gets greater values).
 pub async fn start_position<C: GenericClient>(
     client: &C,
 ) -> Result<Position, tokio_postgres::Error> {
-    let horizon: i64 = client
+    let seq: i64 = client
         .query_one(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            "SELECT GREATEST(
+                (SELECT max(seq) FROM rowcast.changes),
+                (SELECT max(seq) FROM rowcast.cursors), 0)",
             &[],
         )
         .await?
         .get(0);
-    Ok(Position {
-        xid: horizon - 1,
-        id: i64::MAX,
-    })
+    Ok(Position(seq))
 }
 
 /// `(horizon, xmax)` of a fresh snapshot: every transaction below `horizon` has finished;
@@ -102,17 +130,18 @@ pub async fn snapshot_bounds<C: GenericClient>(
     Ok((row.get(0), row.get(1)))
 }
 
-/// Age in seconds of the oldest change after `after` (0 when there is none).
+/// Age in seconds of the oldest change not yet delivered past `after`: unsequenced ones
+/// (their transaction committed, or is still open) or sequenced after `after`.
 pub async fn oldest_unconsumed_age<C: GenericClient>(
     client: &C,
     after: Position,
 ) -> Result<f64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - (
-                SELECT at FROM rowcast.changes WHERE (xid, id) > ($1, $2)
-                 ORDER BY xid, id LIMIT 1))::float8, 0)",
-            &[&after.xid, &after.id],
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+                (SELECT at FROM rowcast.changes WHERE seq IS NULL ORDER BY id LIMIT 1),
+                (SELECT at FROM rowcast.changes WHERE seq > $1 ORDER BY seq LIMIT 1)))::float8, 0)",
+            &[&after.0],
         )
         .await?;
     Ok(row.get(0))
@@ -124,15 +153,9 @@ pub async fn cursor<C: GenericClient>(
     name: &str,
 ) -> Result<Option<Position>, tokio_postgres::Error> {
     Ok(client
-        .query_opt(
-            "SELECT xid, id FROM rowcast.cursors WHERE name = $1",
-            &[&name],
-        )
+        .query_opt("SELECT seq FROM rowcast.cursors WHERE name = $1", &[&name])
         .await?
-        .map(|r| Position {
-            xid: r.get(0),
-            id: r.get(1),
-        }))
+        .map(|r| Position(r.get(0))))
 }
 
 /// Marks this consumer as parked: capture triggers will NOTIFY while the mark is fresh.
@@ -166,36 +189,31 @@ pub async fn unpark<C: GenericClient>(
     Ok(())
 }
 
-/// Deletes up to `batch` changes older than `max_age_secs` and not after `keep_after`
-/// (the outbox cursor: changes it has not enqueued yet are kept), and records the newest
-/// deleted position in the `pruned` cursor. Returns how many were deleted.
+/// Deletes up to `batch` sequenced changes older than `max_age_secs` and not after
+/// `keep_after` (the outbox cursor: changes it has not enqueued yet are kept), and records
+/// the newest deleted position in the `pruned` cursor. Returns how many were deleted.
 pub async fn prune<C: GenericClient>(
     client: &C,
     max_age_secs: f64,
     keep_after: Option<Position>,
     batch: i64,
 ) -> Result<u64, tokio_postgres::Error> {
-    let keep = keep_after.unwrap_or(Position {
-        xid: i64::MAX,
-        id: i64::MAX,
-    });
+    let keep = keep_after.unwrap_or(Position(i64::MAX));
     let row = client
         .query_one(
             "WITH doomed AS (
-                SELECT xid, id FROM rowcast.changes
-                 WHERE at < now() - make_interval(secs => $1) AND (xid, id) <= ($2, $3)
-                 ORDER BY xid, id LIMIT $4),
+                SELECT seq FROM rowcast.changes
+                 WHERE seq IS NOT NULL AND seq <= $2 AND at < now() - make_interval(secs => $1)
+                 ORDER BY seq LIMIT $3),
              gone AS (
-                DELETE FROM rowcast.changes c USING doomed d
-                 WHERE c.xid = d.xid AND c.id = d.id RETURNING c.xid, c.id),
-             last AS (SELECT xid, id FROM gone ORDER BY xid DESC, id DESC LIMIT 1),
+                DELETE FROM rowcast.changes c USING doomed d WHERE c.seq = d.seq RETURNING c.seq),
              mark AS (
-                INSERT INTO rowcast.cursors (name, xid, id)
-                SELECT 'pruned', xid, id FROM last
-                ON CONFLICT (name) DO UPDATE SET xid = EXCLUDED.xid, id = EXCLUDED.id, updated_at = now()
-                 WHERE (rowcast.cursors.xid, rowcast.cursors.id) < (EXCLUDED.xid, EXCLUDED.id))
+                INSERT INTO rowcast.cursors (name, seq)
+                SELECT 'pruned', max(seq) FROM gone HAVING max(seq) IS NOT NULL
+                ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()
+                 WHERE rowcast.cursors.seq < EXCLUDED.seq)
              SELECT count(*) FROM gone",
-            &[&max_age_secs, &keep.xid, &keep.id, &batch],
+            &[&max_age_secs, &keep.0, &batch],
         )
         .await?;
     Ok(row.get::<_, i64>(0) as u64)

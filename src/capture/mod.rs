@@ -1,13 +1,16 @@
 //! Capture: tails the change log and hands enriched events to the hub, never skipping one.
 //!
-//! The log is the truth and NOTIFY only a hint. While changes keep coming, capture polls
-//! every `active_poll`; after `idle_after` of quiet it *parks*: it registers in
-//! `rowcast.waiters`, and only then do capture triggers call `pg_notify` (so a busy
-//! application pays no NOTIFY lock at commit). Parking is race-free for READ COMMITTED
-//! writers: after registering, capture keeps polling until every transaction that could
-//! have missed the registration has finished. A safety poll every `idle_poll` covers lost
-//! notifications (a reconnect, REPEATABLE READ writers). After any reconnect it reads the
-//! log from its in-memory position, so a PostgreSQL restart loses nothing.
+//! One replica at a time is the *sequencer* (session advisory lock): it stamps committed
+//! changes with `seq` in serialized transactions (`log::sequence`). Every replica tails
+//! `seq > position`, so all see one gap-free order, and an open transaction delays only its
+//! own changes. The log is the truth and NOTIFY only a hint. While changes keep coming,
+//! capture polls every `active_poll`; after `idle_after` of quiet the sequencer *parks*: it
+//! registers in `rowcast.waiters`, and only then do capture triggers call `pg_notify` (so a
+//! busy application pays no NOTIFY lock at commit). Parking is race-free for READ
+//! COMMITTED writers: after registering, capture keeps polling until every transaction
+//! that could have missed the registration has finished. A safety poll every `idle_poll`
+//! covers lost notifications (a reconnect, REPEATABLE READ writers). After any reconnect it
+//! reads the log from its in-memory position, so a PostgreSQL restart loses nothing.
 
 pub mod log;
 
@@ -139,7 +142,8 @@ impl Capture {
         position: &mut Position,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
-        let (client, mut connection) = tokio_postgres::connect(&self.database_url, NoTls).await?;
+        let (mut client, mut connection) =
+            tokio_postgres::connect(&self.database_url, NoTls).await?;
         let wake = Arc::new(Notify::new());
         let conn_wake = wake.clone();
         let lost = CancellationToken::new();
@@ -161,21 +165,38 @@ impl Capture {
         });
         let _driver = AbortOnDrop(driver);
         client
-            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}"))
+            .batch_execute(&format!(
+                "LISTEN {WAKE_CHANNEL}; LISTEN {}",
+                log::SEQUENCED_CHANNEL
+            ))
             .await?;
         self.status.connected.store(true, Ordering::Relaxed);
         tracing::info!(%position, "capture connected");
 
+        let mut leader = false;
+        let mut last_lead_try: Option<Instant> = None;
         let mut last_activity = Instant::now();
         let mut parked: Option<ParkState> = None;
         let mut last_lag_check = Instant::now() - Duration::from_secs(60);
         loop {
+            // The sequencer role moves to whichever replica gets the lock first; a replica
+            // whose connection dies loses it with the connection.
+            if !leader && last_lead_try.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                leader = log::try_lead(&client).await?;
+                last_lead_try = Some(Instant::now());
+                if leader {
+                    tracing::info!("this replica sequences changes");
+                }
+                metrics::gauge!("rowcast_capture_sequencer").set(if leader { 1.0 } else { 0.0 });
+            }
+            let mut progressed = false;
+            if leader {
+                let n = log::sequence(&mut client, self.config.batch_size).await?;
+                progressed = n > 0;
+            }
             let changes = log::read_after(&client, *position, self.config.batch_size).await?;
             self.status.mark_read(*position);
             if let Some(first) = changes.first() {
-                if parked.take().is_some() {
-                    log::unpark(&client, consumer).await?;
-                }
                 let age = (time::OffsetDateTime::now_utc() - first.at)
                     .as_seconds_f64()
                     .max(0.0);
@@ -188,6 +209,12 @@ impl Capture {
                 self.after_batch.notify_one();
                 *position = upto;
                 self.status.mark_read(*position);
+                progressed = true;
+            }
+            if progressed {
+                if parked.take().is_some() {
+                    log::unpark(&client, consumer).await?;
+                }
                 last_activity = Instant::now();
                 continue;
             }
@@ -196,9 +223,13 @@ impl Capture {
                 self.status.set_lag(age);
                 last_lag_check = Instant::now();
             }
-            // Nothing new. Keep polling while recently active; otherwise park.
+            // Nothing new. Keep polling while recently active; otherwise wait for a wake-up:
+            // the sequencer parks (application triggers NOTIFY it); other replicas are
+            // woken by the sequencer's NOTIFY after each batch.
             let wait = if last_activity.elapsed() < self.config.idle_after {
                 self.config.active_poll
+            } else if !leader {
+                self.config.idle_poll
             } else {
                 match &mut parked {
                     None => {
@@ -214,8 +245,8 @@ impl Capture {
                         self.config.active_poll
                     }
                     Some(p) if !p.settled => {
-                        // Writers that started before we registered may not notify: wait
-                        // until they have all finished, polling meanwhile.
+                        // Writers that started before we registered may not notify: poll
+                        // until every one of them has finished.
                         let (horizon, _) = log::snapshot_bounds(&client).await?;
                         p.settled = horizon >= p.armed_after;
                         self.config.active_poll
@@ -232,15 +263,14 @@ impl Capture {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = lost.cancelled() => {
-                    // Surface the connection error through the next query.
-                }
+                _ = lost.cancelled() => {}
                 _ = shutdown.cancelled() => {
                     let _ = log::unpark(&client, consumer).await;
                     return Ok(());
                 }
             }
             if lost.is_cancelled() {
+                // Surface the connection error through a query.
                 client.simple_query("SELECT 1").await?;
             }
         }

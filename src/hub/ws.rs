@@ -134,9 +134,14 @@ impl Conn {
         if !self.send_json(welcome).await {
             return;
         }
-        let mut initial = vec![user_room];
-        initial.extend(rooms);
-        if let Flow::Stop = self.join(initial, None).await {
+        // The user room was joined by `open` (the welcome lists it); on resume it catches
+        // up together with the rooms named at connect, in one ordered replay.
+        let mut catch_up = Vec::new();
+        if since.is_some() {
+            self.caught_up.insert(user_room.clone());
+            catch_up.push(user_room);
+        }
+        if let Flow::Stop = self.join(rooms, None, catch_up).await {
             return;
         }
         let shutdown = self.app.shutdown.clone();
@@ -236,7 +241,7 @@ impl Conn {
         };
         match v.get("type").and_then(Value::as_str) {
             Some("join") => match rooms(&v) {
-                Some(r) if !r.is_empty() => self.join(r, id).await,
+                Some(r) if !r.is_empty() => self.join(r, id, Vec::new()).await,
                 _ => {
                     self.send_error(
                         "bad_request",
@@ -319,9 +324,13 @@ impl Conn {
     }
 
     /// Joins rooms, answers each, then sends what the new rooms missed if the client resumed.
-    async fn join(&mut self, rooms: Vec<String>, id: Option<Value>) -> Flow {
+    async fn join(
+        &mut self,
+        rooms: Vec<String>,
+        id: Option<Value>,
+        mut fresh: Vec<String>,
+    ) -> Flow {
         let (results, h) = self.session.join_many(&rooms);
-        let mut fresh = Vec::new();
         for (room, result) in rooms.into_iter().zip(results) {
             let ok = match result {
                 Ok(_) => {

@@ -79,6 +79,7 @@ impl WsClient {
                 .await
                 .unwrap_or_else(|| panic!("closed while joining (at {at})"));
             assert_eq!(v["type"], "joined", "join {room} (at {at}): {v}");
+            assert_eq!(v["room"], room, "join {room} (at {at}): {v}");
             v
         }
     }
