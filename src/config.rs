@@ -326,6 +326,7 @@ pub struct RoomConfig {
 impl Config {
     /// Loads defaults, then the TOML file (if given or if `rowcast.toml` exists), then the
     /// environment, and validates the result.
+    #[allow(clippy::redundant_closure)]
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
@@ -349,6 +350,7 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
+            // A closure, not the fn item: figment wants a mapper generic over the key's lifetime.
             .merge(Env::prefixed("ROWCAST_").map(|k| env_key_to_path(k)));
         let mut config: Config = fig
             .extract()
