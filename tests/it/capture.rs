@@ -1,0 +1,222 @@
+//! Capture under faults: PostgreSQL restarts, rowcast restarts, wake-ups, replicas.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::support::{self, Server, ws::WsClient};
+
+/// `pg_ctl restart` while writes continue: every committed change is delivered afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_loses_no_committed_change() {
+    let (db, server) = support::start().await;
+    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    c.join("tickets").await;
+    let committed: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let committed = committed.clone();
+        let stop = stop.clone();
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                tokio::spawn(conn);
+                while !stop.is_cancelled() {
+                    n += 1;
+                    let r = client
+                        .query_one(
+                            "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3) RETURNING id",
+                            &[&format!("w-{n}")],
+                        )
+                        .await;
+                    match r {
+                        Ok(row) => {
+                            committed.lock().unwrap().insert(row.get(0));
+                        }
+                        Err(_) => break, // the server went away; reconnect
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| db.pg.restart()).expect("restart PostgreSQL");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    writer.await.unwrap();
+    let want = committed.lock().unwrap().clone();
+    assert!(want.len() > 50, "the writer kept writing ({} inserts)", want.len());
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !want.is_subset(&seen) {
+        assert!(Instant::now() < deadline, "missing after restart: {:?}", want.difference(&seen).take(10).collect::<Vec<_>>());
+        let ev = c.next_event().await;
+        seen.insert(ev["payload"]["id"].as_i64().unwrap());
+    }
+    server.stop().await;
+}
+
+/// rowcast stops, changes happen, a new rowcast starts: a client resuming with its last
+/// `seq` gets exactly what it missed, in order.
+#[tokio::test]
+async fn rowcast_restart_with_resume_loses_nothing() {
+    let (db, server) = support::start().await;
+    let token = server.token("1", "agent");
+    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={token}"))).await;
+    c.join("tickets").await;
+    let pg = db.client().await;
+    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[]).await.unwrap();
+    let last = c.next_event().await["seq"].as_str().unwrap().to_string();
+    let config = server.config.clone();
+    server.stop().await;
+    drop(c);
+    for i in 0..20 {
+        pg.execute("INSERT INTO tickets (subject, requester_id) VALUES ($1, 3)", &[&format!("missed-{i}")])
+            .await
+            .unwrap();
+    }
+    let server = Server::start(config).await;
+    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={token}&since={last}&rooms=tickets"))).await;
+    let joined = c.next_json().await.unwrap();
+    assert_eq!(joined["type"], "joined");
+    let mut prev: i64 = last.parse().unwrap();
+    for i in 0..20 {
+        let ev = c.next_event().await;
+        assert_eq!(ev["payload"]["data"]["subject"], format!("missed-{i}"));
+        let seq: i64 = ev["seq"].as_str().unwrap().parse().unwrap();
+        assert!(seq > prev, "in order");
+        prev = seq;
+    }
+    assert!(c.maybe_json(300).await.is_none(), "no duplicates");
+    pg.execute("UPDATE tickets SET status = 'solved' WHERE id = 1", &[]).await.unwrap();
+    assert_eq!(c.next_event().await["payload"]["data"]["status"], "solved", "then live events");
+    server.stop().await;
+}
+
+/// Triggers NOTIFY only while capture is parked: a busy application pays no NOTIFY at
+/// commit, and an idle rowcast still wakes at once (well before its safety poll).
+#[tokio::test]
+async fn notify_only_while_parked() {
+    let (db, server) = support::start_with(|c| {
+        c.capture.idle_after = Duration::from_millis(300);
+        c.capture.idle_poll = Duration::from_secs(10);
+    })
+    .await;
+    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    c.join("tickets").await;
+    let pg = db.client().await;
+    // A listener of our own counts the wake-up notifications.
+    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let notes = Arc::new(Mutex::new(0usize));
+    let counter = notes.clone();
+    tokio::spawn(async move {
+        let mut s = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = s.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                *counter.lock().unwrap() += 1;
+            }
+        }
+    });
+    listener.batch_execute("LISTEN rowcast_wake").await.unwrap();
+    support::eventually(10, || async {
+        let n: i64 = pg
+            .query_one("SELECT count(*) FROM rowcast.waiters WHERE expires_at > now()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // settle past the arming horizon
+    let t0 = Instant::now();
+    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[]).await.unwrap();
+    c.next_event().await;
+    let woke = t0.elapsed();
+    assert!(woke < Duration::from_secs(2), "woken by NOTIFY, not the 10 s safety poll ({woke:?})");
+    support::eventually(5, || async { (*notes.lock().unwrap() >= 1).then_some(()) }).await;
+    // A burst while capture is active: (almost) no NOTIFY at all.
+    let before = *notes.lock().unwrap();
+    for i in 0..200 {
+        pg.execute("UPDATE tickets SET subject = $1 WHERE id = 2", &[&format!("burst {i}")])
+            .await
+            .unwrap();
+    }
+    let during = *notes.lock().unwrap() - before;
+    assert!(during <= 2, "{during} NOTIFYs for 200 transactions while capture was active");
+    loop {
+        let ev = c.next_event().await;
+        if ev["payload"]["data"]["subject"] == "burst 199" {
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+/// Two replicas on one database: one sequences, both deliver the same seqs; when the
+/// sequencer stops the other takes over.
+#[tokio::test]
+async fn replicas_agree_and_fail_over() {
+    let (db, a) = support::start().await;
+    let b = Server::start(a.config.clone()).await;
+    let token = a.token("1", "agent");
+    let (mut ca, _) = WsClient::connect(&a.ws_url(&format!("token={token}"))).await;
+    let (mut cb, _) = WsClient::connect(&b.ws_url(&format!("token={token}"))).await;
+    ca.join("tickets").await;
+    cb.join("tickets").await;
+    let pg = db.client().await;
+    for i in 0..20 {
+        pg.execute("UPDATE tickets SET subject = $1 WHERE id = 1 + $2::bigint % 3", &[&format!("r{i}"), &(i as i64)])
+            .await
+            .unwrap();
+    }
+    // Rows are loaded as they are when each replica enriches, so the data may differ
+    // (both converge); the seqs and keys may not.
+    let last: i64 = support::eventually(10, || async {
+        let r = pg
+            .query_one("SELECT count(*) FILTER (WHERE seq IS NULL), max(seq) FROM rowcast.changes", &[])
+            .await
+            .unwrap();
+        (r.get::<_, i64>(0) == 0).then(|| r.get::<_, i64>(1))
+    })
+    .await;
+    let mut seqs_a = Vec::new();
+    let mut seqs_b = Vec::new();
+    for (client, seqs) in [(&mut ca, &mut seqs_a), (&mut cb, &mut seqs_b)] {
+        loop {
+            let e = client.next_event().await;
+            seqs.push((e["seq"].as_str().unwrap().to_string(), e["payload"]["id"].clone()));
+            if e["seq"].as_str().unwrap().parse::<i64>().unwrap() >= last {
+                break;
+            }
+        }
+    }
+    assert_eq!(seqs_a, seqs_b, "both replicas deliver the same events with the same seqs");
+    let leaders: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND ((classid::bigint << 32) | objid::bigint) = $1",
+            &[&rowcast::capture::log::SEQUENCER_LOCK],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaders, 1, "exactly one sequencer");
+    // Stop both one after the other; the survivor keeps delivering.
+    a.stop().await;
+    pg.execute("UPDATE tickets SET subject = 'after failover' WHERE id = 1", &[]).await.unwrap();
+    loop {
+        let e = cb.next_event().await;
+        if e["payload"]["data"]["subject"] == "after failover" {
+            break;
+        }
+    }
+    b.stop().await;
+}
