@@ -12,7 +12,8 @@ use crate::support::{self, Server, ws::WsClient};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_loses_no_committed_change() {
     let (db, server) = support::start().await;
-    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     c.join("tickets").await;
     let committed: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -23,7 +24,8 @@ async fn postgres_restart_loses_no_committed_change() {
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.is_cancelled() {
-                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -53,11 +55,19 @@ async fn postgres_restart_loses_no_committed_change() {
     stop.cancel();
     writer.await.unwrap();
     let want = committed.lock().unwrap().clone();
-    assert!(want.len() > 50, "the writer kept writing ({} inserts)", want.len());
+    assert!(
+        want.len() > 50,
+        "the writer kept writing ({} inserts)",
+        want.len()
+    );
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !want.is_subset(&seen) {
-        assert!(Instant::now() < deadline, "missing after restart: {:?}", want.difference(&seen).take(10).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "missing after restart: {:?}",
+            want.difference(&seen).take(10).collect::<Vec<_>>()
+        );
         let ev = c.next_event().await;
         seen.insert(ev["payload"]["id"].as_i64().unwrap());
     }
@@ -73,18 +83,25 @@ async fn rowcast_restart_with_resume_loses_nothing() {
     let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={token}"))).await;
     c.join("tickets").await;
     let pg = db.client().await;
-    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[]).await.unwrap();
+    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[])
+        .await
+        .unwrap();
     let last = c.next_event().await["seq"].as_str().unwrap().to_string();
     let config = server.config.clone();
     server.stop().await;
     drop(c);
     for i in 0..20 {
-        pg.execute("INSERT INTO tickets (subject, requester_id) VALUES ($1, 3)", &[&format!("missed-{i}")])
-            .await
-            .unwrap();
+        pg.execute(
+            "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3)",
+            &[&format!("missed-{i}")],
+        )
+        .await
+        .unwrap();
     }
     let server = Server::start(config).await;
-    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={token}&since={last}&rooms=tickets"))).await;
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={token}&since={last}&rooms=tickets")))
+            .await;
     let joined = c.next_json().await.unwrap();
     assert_eq!(joined["type"], "joined");
     let mut prev: i64 = last.parse().unwrap();
@@ -96,8 +113,14 @@ async fn rowcast_restart_with_resume_loses_nothing() {
         prev = seq;
     }
     assert!(c.maybe_json(300).await.is_none(), "no duplicates");
-    pg.execute("UPDATE tickets SET status = 'solved' WHERE id = 1", &[]).await.unwrap();
-    assert_eq!(c.next_event().await["payload"]["data"]["status"], "solved", "then live events");
+    pg.execute("UPDATE tickets SET status = 'solved' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.next_event().await["payload"]["data"]["status"],
+        "solved",
+        "then live events"
+    );
     server.stop().await;
 }
 
@@ -110,11 +133,14 @@ async fn notify_only_while_parked() {
         c.capture.idle_poll = Duration::from_secs(10);
     })
     .await;
-    let (mut c, _) = WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     c.join("tickets").await;
     let pg = db.client().await;
     // A listener of our own counts the wake-up notifications.
-    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let notes = Arc::new(Mutex::new(0usize));
     let counter = notes.clone();
     tokio::spawn(async move {
@@ -128,7 +154,10 @@ async fn notify_only_while_parked() {
     listener.batch_execute("LISTEN rowcast_wake").await.unwrap();
     support::eventually(10, || async {
         let n: i64 = pg
-            .query_one("SELECT count(*) FROM rowcast.waiters WHERE expires_at > now()", &[])
+            .query_one(
+                "SELECT count(*) FROM rowcast.waiters WHERE expires_at > now()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -137,20 +166,31 @@ async fn notify_only_while_parked() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // settle past the arming horizon
     let t0 = Instant::now();
-    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[]).await.unwrap();
+    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[])
+        .await
+        .unwrap();
     c.next_event().await;
     let woke = t0.elapsed();
-    assert!(woke < Duration::from_secs(2), "woken by NOTIFY, not the 10 s safety poll ({woke:?})");
+    assert!(
+        woke < Duration::from_secs(2),
+        "woken by NOTIFY, not the 10 s safety poll ({woke:?})"
+    );
     support::eventually(5, || async { (*notes.lock().unwrap() >= 1).then_some(()) }).await;
     // A burst while capture is active: (almost) no NOTIFY at all.
     let before = *notes.lock().unwrap();
     for i in 0..200 {
-        pg.execute("UPDATE tickets SET subject = $1 WHERE id = 2", &[&format!("burst {i}")])
-            .await
-            .unwrap();
+        pg.execute(
+            "UPDATE tickets SET subject = $1 WHERE id = 2",
+            &[&format!("burst {i}")],
+        )
+        .await
+        .unwrap();
     }
     let during = *notes.lock().unwrap() - before;
-    assert!(during <= 2, "{during} NOTIFYs for 200 transactions while capture was active");
+    assert!(
+        during <= 2,
+        "{during} NOTIFYs for 200 transactions while capture was active"
+    );
     loop {
         let ev = c.next_event().await;
         if ev["payload"]["data"]["subject"] == "burst 199" {
@@ -173,15 +213,21 @@ async fn replicas_agree_and_fail_over() {
     cb.join("tickets").await;
     let pg = db.client().await;
     for i in 0..20 {
-        pg.execute("UPDATE tickets SET subject = $1 WHERE id = 1 + $2::bigint % 3", &[&format!("r{i}"), &(i as i64)])
-            .await
-            .unwrap();
+        pg.execute(
+            "UPDATE tickets SET subject = $1 WHERE id = 1 + $2::bigint % 3",
+            &[&format!("r{i}"), &(i as i64)],
+        )
+        .await
+        .unwrap();
     }
     // Rows are loaded as they are when each replica enriches, so the data may differ
     // (both converge); the seqs and keys may not.
     let last: i64 = support::eventually(10, || async {
         let r = pg
-            .query_one("SELECT count(*) FILTER (WHERE seq IS NULL), max(seq) FROM rowcast.changes", &[])
+            .query_one(
+                "SELECT count(*) FILTER (WHERE seq IS NULL), max(seq) FROM rowcast.changes",
+                &[],
+            )
             .await
             .unwrap();
         (r.get::<_, i64>(0) == 0).then(|| r.get::<_, i64>(1))
@@ -192,13 +238,19 @@ async fn replicas_agree_and_fail_over() {
     for (client, seqs) in [(&mut ca, &mut seqs_a), (&mut cb, &mut seqs_b)] {
         loop {
             let e = client.next_event().await;
-            seqs.push((e["seq"].as_str().unwrap().to_string(), e["payload"]["id"].clone()));
+            seqs.push((
+                e["seq"].as_str().unwrap().to_string(),
+                e["payload"]["id"].clone(),
+            ));
             if e["seq"].as_str().unwrap().parse::<i64>().unwrap() >= last {
                 break;
             }
         }
     }
-    assert_eq!(seqs_a, seqs_b, "both replicas deliver the same events with the same seqs");
+    assert_eq!(
+        seqs_a, seqs_b,
+        "both replicas deliver the same events with the same seqs"
+    );
     let leaders: i64 = pg
         .query_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
@@ -211,7 +263,12 @@ async fn replicas_agree_and_fail_over() {
     assert_eq!(leaders, 1, "exactly one sequencer");
     // Stop both one after the other; the survivor keeps delivering.
     a.stop().await;
-    pg.execute("UPDATE tickets SET subject = 'after failover' WHERE id = 1", &[]).await.unwrap();
+    pg.execute(
+        "UPDATE tickets SET subject = 'after failover' WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
     loop {
         let e = cb.next_event().await;
         if e["payload"]["data"]["subject"] == "after failover" {

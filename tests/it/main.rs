@@ -4,3 +4,5 @@ mod support;
 
 mod capture;
 mod core;
+mod protocol;
+mod schema;
