@@ -68,13 +68,19 @@ fn main() {
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn mem_total() -> String {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
         .map(|kb| format!("{} GiB RAM", kb.parse::<u64>().unwrap_or(0) / 1024 / 1024))
         .unwrap_or_default()
 }
@@ -82,9 +88,13 @@ fn mem_total() -> String {
 /// A database with the helpdesk schema and `tickets` rows, optionally migrated.
 async fn database(pg: &PgTemp, tickets: i64, migrate: bool) -> (tokio_postgres::Client, Config) {
     let url = pg.url("postgres");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(conn);
-    rowcast::demo::load_helpdesk(&client, true).await.expect("schema");
+    rowcast::demo::load_helpdesk(&client, true)
+        .await
+        .expect("schema");
     client
         .execute(
             "INSERT INTO tickets (subject, requester_id) SELECT 'ticket ' || g, 3 FROM generate_series(1, $1::bigint) g",
@@ -92,7 +102,10 @@ async fn database(pg: &PgTemp, tickets: i64, migrate: bool) -> (tokio_postgres::
         )
         .await
         .expect("tickets");
-    client.batch_execute("VACUUM ANALYZE").await.expect("vacuum");
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .await
+        .expect("vacuum");
     let mut config = Config::default();
     config.apply_defaults();
     config.database_url = Some(url);
@@ -101,11 +114,16 @@ async fn database(pg: &PgTemp, tickets: i64, migrate: bool) -> (tokio_postgres::
         ..JwtConfig::default()
     };
     if migrate {
-        let (mut c, conn) = tokio_postgres::connect(config.database_url.as_deref().unwrap(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (mut c, conn) = tokio_postgres::connect(
+            config.database_url.as_deref().unwrap(),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
         tokio::spawn(conn);
-        rowcast::schema::migrate(&mut c, &config).await.expect("migrate");
+        rowcast::schema::migrate(&mut c, &config)
+            .await
+            .expect("migrate");
     }
     (client, config)
 }
@@ -118,7 +136,11 @@ struct Rowcast {
 
 impl Rowcast {
     fn start(config: &Config, extra_env: &[(&str, String)]) -> Rowcast {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rowcast"));
         cmd.arg("serve")
             .env("DATABASE_URL", config.database_url.as_deref().unwrap())
@@ -143,8 +165,16 @@ impl Rowcast {
     fn rss_mb(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(String::from))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .map(String::from)
+            })
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
             .map(|kb| kb / 1024.0)
             .unwrap_or(0.0)
     }
@@ -159,9 +189,25 @@ impl Drop for Rowcast {
 
 fn pgbench(pg: &PgTemp, seconds: u64) -> f64 {
     let script = pg.root().join("update.sql");
-    std::fs::write(&script, "\\set id random(1, 10000)\nUPDATE tickets SET updated_at = now() WHERE id = :id;\n").unwrap();
+    std::fs::write(
+        &script,
+        "\\set id random(1, 10000)\nUPDATE tickets SET updated_at = now() WHERE id = :id;\n",
+    )
+    .unwrap();
     let out = Command::new(pg.bin_dir().join("pgbench"))
-        .args(["-n", "-c", "8", "-j", "2", "-T", &seconds.to_string(), "-h", "127.0.0.1", "-U", "postgres"])
+        .args([
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
         .arg("-p")
         .arg(pg.port().to_string())
         .arg("-f")
@@ -174,35 +220,60 @@ fn pgbench(pg: &PgTemp, seconds: u64) -> f64 {
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 /// App write throughput without capture, with capture triggers, and with rowcast consuming.
 async fn capture_overhead(seconds: u64) {
-    println!("\n## capture-overhead (pgbench single-row UPDATE, 8 clients, {seconds} s per run, fsync=on)\n");
+    println!(
+        "\n## capture-overhead (pgbench single-row UPDATE, 8 clients, {seconds} s per run, fsync=on)\n"
+    );
     let pg = PgTemp::start(PgTempOptions {
         fsync: true,
         settings: vec![("synchronous_commit".into(), "off".into())],
     })
     .expect("PostgreSQL");
     let (client, config) = database(&pg, 10_000, false).await;
-    let mut results: Vec<(&str, Vec<f64>)> = vec![("no capture", vec![]), ("triggers", vec![]), ("triggers + rowcast", vec![])];
+    let mut results: Vec<(&str, Vec<f64>)> = vec![
+        ("no capture", vec![]),
+        ("triggers", vec![]),
+        ("triggers + rowcast", vec![]),
+    ];
     for round in 0..2 {
-        client.batch_execute("DROP TRIGGER IF EXISTS rowcast_capture ON tickets").await.ok();
-        results[0].1.push(pgbench(&pg, seconds));
-        let (mut c, conn) = tokio_postgres::connect(config.database_url.as_deref().unwrap(), tokio_postgres::NoTls)
+        client
+            .batch_execute("DROP TRIGGER IF EXISTS rowcast_capture ON tickets")
             .await
-            .unwrap();
+            .ok();
+        results[0].1.push(pgbench(&pg, seconds));
+        let (mut c, conn) = tokio_postgres::connect(
+            config.database_url.as_deref().unwrap(),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
-        rowcast::schema::migrate(&mut c, &config).await.expect("migrate");
+        rowcast::schema::migrate(&mut c, &config)
+            .await
+            .expect("migrate");
         results[1].1.push(pgbench(&pg, seconds));
         // Sequence and drop the backlog so rowcast starts from a clean log.
-        client.batch_execute("TRUNCATE rowcast.changes; DELETE FROM rowcast.waiters").await.unwrap();
+        client
+            .batch_execute("TRUNCATE rowcast.changes; DELETE FROM rowcast.waiters")
+            .await
+            .unwrap();
         let rc = Rowcast::start(&config, &[]);
         std::thread::sleep(Duration::from_secs(1));
         results[2].1.push(pgbench(&pg, seconds));
         drop(rc);
-        client.batch_execute("TRUNCATE rowcast.changes; DELETE FROM rowcast.waiters").await.unwrap();
+        client
+            .batch_execute("TRUNCATE rowcast.changes; DELETE FROM rowcast.waiters")
+            .await
+            .unwrap();
         eprintln!("round {} done", round + 1);
     }
     let base = mean(&results[0].1);
@@ -211,7 +282,11 @@ async fn capture_overhead(seconds: u64) {
     for (name, runs) in &results {
         let m = mean(runs);
         let runs: Vec<String> = runs.iter().map(|t| format!("{t:.0}")).collect();
-        println!("| {name} | {} | {m:.0} | {:.1}% |", runs.join(", "), (1.0 - m / base) * 100.0);
+        println!(
+            "| {name} | {} | {m:.0} | {:.1}% |",
+            runs.join(", "),
+            (1.0 - m / base) * 100.0
+        );
     }
 }
 
@@ -240,7 +315,9 @@ async fn latency(clients: usize, rate: u64, seconds: u64) {
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
         // welcome + joined
         for _ in 0..2 {
             ws.next().await;
@@ -255,24 +332,37 @@ async fn latency(clients: usize, rate: u64, seconds: u64) {
                     Ok(v) => v,
                     Err(_) => continue,
                 };
-                let Some(k) = v["payload"]["data"]["subject"].as_str().and_then(|s| s.strip_prefix('b')).and_then(|s| s.parse::<u64>().ok()) else {
+                let Some(k) = v["payload"]["data"]["subject"]
+                    .as_str()
+                    .and_then(|s| s.strip_prefix('b'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                else {
                     continue;
                 };
                 let at = commits.lock().unwrap().get(&k).copied();
                 if let Some(at) = at {
-                    latencies.lock().unwrap().push(now.duration_since(at).as_secs_f64() * 1000.0);
+                    latencies
+                        .lock()
+                        .unwrap()
+                        .push(now.duration_since(at).as_secs_f64() * 1000.0);
                 }
             }
         }));
     }
     let total = rate * seconds;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    let stmt = client.prepare("UPDATE tickets SET subject = $1 WHERE id = $2").await.unwrap();
+    let stmt = client
+        .prepare("UPDATE tickets SET subject = $1 WHERE id = $2")
+        .await
+        .unwrap();
     for k in 0..total {
         tick.tick().await;
         // Until the commit is acknowledged, latency counts from before the statement.
         commits.lock().unwrap().insert(k, Instant::now());
-        client.execute(&stmt, &[&format!("b{k}"), &((k % 1000) as i64 + 1)]).await.unwrap();
+        client
+            .execute(&stmt, &[&format!("b{k}"), &((k % 1000) as i64 + 1)])
+            .await
+            .unwrap();
         commits.lock().unwrap().insert(k, Instant::now());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -284,7 +374,9 @@ async fn latency(clients: usize, rate: u64, seconds: u64) {
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|a, b| a.total_cmp(b));
     let expected = total as usize * clients;
-    println!("| clients | updates/s | events expected | delivered | ratio | p50 ms | p90 ms | p99 ms | max ms | rowcast RSS MB |");
+    println!(
+        "| clients | updates/s | events expected | delivered | ratio | p50 ms | p90 ms | p99 ms | max ms | rowcast RSS MB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
         "| {clients} | {rate} | {expected} | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.1} | {rss:.0} |",

@@ -4,5 +4,6 @@ mod support;
 
 mod capture;
 mod core;
+mod demo;
 mod protocol;
 mod schema;

@@ -149,3 +149,38 @@ roles = ["agent"]
     assert_eq!(t, 5, "a refused migrate changed nothing");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn bad_configuration_is_refused_with_actionable_messages() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env("ROWCAST_JWT_SECRET", "short")
+        .env("ROWCAST_WEBHOOK_RETRY_SCHEDULE", "5s,soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env("ROWCAST_JWT_SECRET", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 16 bytes"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env("ROWCAST_JWT_SECRET", "0123456789abcdef0123")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no database configured: set DATABASE_URL"),
+        "{err}"
+    );
+}
