@@ -5,5 +5,6 @@ mod support;
 mod capture;
 mod core;
 mod demo;
+mod faults;
 mod protocol;
 mod schema;

@@ -1,0 +1,85 @@
+//! rowcast as a child process (the real binary), for tests that kill or signal it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rowcast::Config;
+
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Proc {
+    /// Starts `rowcast serve` for `config` (database, JWT secret) on `port` (0 = free port)
+    /// and waits until `/readyz` answers 200.
+    pub async fn start(config: &Config, port: u16, extra_env: &[(&str, String)]) -> Proc {
+        let port = if port == 0 {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            port
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rowcast"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", config.database_url.as_deref().unwrap())
+            .env("ROWCAST_JWT_SECRET", config.jwt.secret.as_deref().unwrap())
+            .env("ROWCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ROWCAST_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start rowcast");
+        let p = Proc { child, port };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rowcast on port {port} not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?{query}", self.port)
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
