@@ -212,6 +212,9 @@ export class RowcastClient extends Emitter {
         if (!current()) return;
         this._deliver(name, payload, meta);
       },
+      position: (seq) => {
+        if (current() && !this._lastSeq) this._lastSeq = seq;
+      },
       joined: () => {},
       left: () => {},
       error: (f) => {

@@ -61,6 +61,8 @@ export function openSocketIo({ url, token, since, io }, on) {
     // "io server disconnect": the server ended the session (shutdown, too slow, expiry).
     close(reason === 'io server disconnect' ? 1001 : 1006, reason);
   });
+  // If the server announces its position at connect, a fresh client can resume from it.
+  socket.on('welcome', (f) => f && f.seq && on.position(f.seq));
   socket.on('resync_required', (f) => on.resync({ type: 'resync_required', ...(f || {}) }));
   socket.on('error', (f) => on.error({ type: 'error', ...(typeof f === 'object' ? f : { message: String(f) }) }));
   socket.onAny((name, payload) => {
