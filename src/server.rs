@@ -169,6 +169,7 @@ fn router(state: AppState) -> Router {
     let body_limit = state.config.http.max_body_bytes;
     Router::new()
         .merge(api::routes())
+        .merge(crate::console::routes())
         .route("/ws", get(hub::ws::handler))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(cors)

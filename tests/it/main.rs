@@ -3,6 +3,7 @@
 mod support;
 
 mod capture;
+mod client;
 mod core;
 mod demo;
 mod faults;

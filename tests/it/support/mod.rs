@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod control;
 pub mod process;
 pub mod ws;
 
@@ -88,6 +89,11 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start_on(config, listener).await
+    }
+
+    /// Starts rowcast on `listener` (e.g. the address of a stopped server, to restart it).
+    pub async fn start_on(config: Config, listener: tokio::net::TcpListener) -> Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let auth = std::sync::Arc::new(Authenticator::from_config(&config.jwt).unwrap());

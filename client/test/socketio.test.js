@@ -1,0 +1,96 @@
+// AFTER MERGE (issue 3): the client's Socket.IO transport against rowcast's /socket.io/.
+// Run by the Rust test `client::js_client_socketio`, which is #[ignore]d until the Socket.IO
+// endpoint is on this branch; these tests fail (not skip) against a server without it.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { createClient, compareSeq } from '../index.js';
+import { need, ROWCAST_URL, query, token, stopRowcast, startRowcast, waitFor, sleep } from './helpers.js';
+
+const { io } = need('socket.io-client');
+
+const insertTicket = async (subject) =>
+  (await query(`INSERT INTO tickets (subject, requester_id) VALUES ('${subject}', 3) RETURNING id`))[0].id;
+
+function record(client) {
+  const rec = { events: [], errors: [] };
+  client.on('*', (e) => rec.events.push(e));
+  client.on('error', (e) => rec.errors.push(e));
+  return rec;
+}
+
+test('socket.io: connect with auth.token, join with ack, receive ticket.update', async () => {
+  const client = createClient({ url: ROWCAST_URL(), token: await token('1', 'agent'), transport: 'socket.io', io });
+  const rec = record(client);
+  try {
+    await waitFor('connected', () => client.isConnected);
+    const j = await client.join('tickets');
+    assert.equal(j.ok, true, JSON.stringify(j));
+    const id = await insertTicket('hello over socket.io');
+    await waitFor('the event', () => rec.events.find((e) => e.event === 'ticket.update' && String(e.payload.id) === String(id)));
+    const e = rec.events.find((x) => String(x.payload.id) === String(id));
+    assert.equal(e.payload.event, 'ticket.created');
+    assert.ok(e.seq, 'the payload carries seq');
+  } finally {
+    client.close();
+  }
+});
+
+test('socket.io: a refused join answers { ok: false, error }', async () => {
+  const client = createClient({ url: ROWCAST_URL(), token: await token('3', 'customer'), transport: 'socket.io', io });
+  try {
+    await waitFor('connected', () => client.isConnected);
+    const j = await client.join('users');
+    assert.equal(j.ok, false);
+    assert.ok(j.error, 'the refusal says why');
+    assert.deepEqual(client.rooms, []);
+  } finally {
+    client.close();
+  }
+});
+
+test('socket.io: a bad token is a connect_error, reported and retried with getToken', async () => {
+  let calls = 0;
+  const client = createClient({
+    url: ROWCAST_URL(),
+    getToken: async () => (calls++ === 0 ? 'not-a-jwt' : token('1', 'agent')),
+    transport: 'socket.io',
+    io,
+    reconnect: { minDelay: 50, maxDelay: 200 },
+  });
+  const closes = [];
+  client.on('disconnected', (d) => closes.push(d));
+  try {
+    await waitFor('connected with the second token', () => client.isConnected);
+    assert.equal(calls, 2);
+    assert.ok(closes.length >= 1 && closes[0].welcomed === false, JSON.stringify(closes));
+  } finally {
+    client.close();
+  }
+});
+
+test('socket.io: server restart, then resume with auth.since: missed events in order, once', async () => {
+  const client = createClient({ url: ROWCAST_URL(), token: await token('1', 'agent'), transport: 'socket.io', io, rooms: ['tickets'], reconnect: { minDelay: 100, maxDelay: 500 } });
+  const rec = record(client);
+  try {
+    await waitFor('connected', () => client.isConnected);
+    await waitFor('tickets joined', async () => (await client.join('tickets')).ok);
+    const first = await insertTicket('before restart (sio)');
+    await waitFor('first event', () => rec.events.some((e) => String(e.payload.id) === String(first)));
+    await stopRowcast();
+    await waitFor('disconnected', () => !client.isConnected);
+    const missed = [];
+    for (let i = 0; i < 3; i++) missed.push(String(await insertTicket(`while down (sio) ${i}`)));
+    await startRowcast();
+    await waitFor('the missed events', () => rec.events.filter((e) => missed.includes(String(e.payload.id))).length === 3, 15000);
+    const live = await insertTicket('after restart (sio)');
+    await waitFor('the live event', () => rec.events.some((e) => String(e.payload.id) === String(live)));
+    await sleep(300);
+    const after = rec.events.slice(rec.events.findIndex((e) => String(e.payload.id) === String(first)) + 1);
+    assert.deepEqual(after.map((e) => String(e.payload.id)), [...missed, String(live)]);
+    for (let i = 1; i < after.length; i++) assert.ok(compareSeq(after[i - 1].seq, after[i].seq) < 0);
+  } finally {
+    client.close();
+  }
+});
