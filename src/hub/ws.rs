@@ -461,7 +461,7 @@ impl Conn {
 }
 
 /// Sleeps until the session's token expires.
-fn expiry_sleep(session: &Session) -> tokio::time::Sleep {
+pub(crate) fn expiry_sleep(session: &Session) -> tokio::time::Sleep {
     let secs = session
         .user
         .seconds_left()

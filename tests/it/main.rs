@@ -3,3 +3,7 @@
 mod support;
 
 mod core;
+mod fallback;
+mod resume;
+mod slow;
+mod socketio;
