@@ -8,9 +8,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{self, ws::WsClient};
 
-/// Rows per insert statement and statements: ~3 MB of events, enough to fill the stalled
+/// Rows per insert statement and statements: ~6 MB of events, enough to fill the stalled
 /// client's socket buffers so that its session queue overflows.
-const ROWS: i64 = 20;
+const ROWS: i32 = 20;
 const STATEMENTS: usize = 80;
 
 #[tokio::test]
@@ -24,8 +24,22 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_never_delays_others
     let token = server.token("1", "agent");
     let url = server.ws_url(&format!("token={token}"));
 
-    // The slow client joins, then never reads again (until the end).
-    let (mut slow, _) = WsClient::connect(&url).await;
+    // The slow client joins, then never reads again (until the end). A small receive
+    // buffer, so that the kernel does not absorb megabytes on its behalf.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (stream, _) = tokio_tungstenite::client_async(
+        url.as_str(),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .expect("WebSocket connect");
+    let mut slow = WsClient {
+        stream,
+        closed: None,
+    };
+    assert_eq!(slow.next_json().await.unwrap()["type"], "welcome");
     slow.join("tickets").await;
     let (mut fast, _) = WsClient::connect(&url).await;
     fast.join("tickets").await;
@@ -35,7 +49,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_never_delays_others
         for _ in 0..STATEMENTS {
             pg.execute(
                 "INSERT INTO tickets (subject, body, requester_id)
-                 SELECT 'bulk ' || g, repeat('x', 2000), 3 FROM generate_series(1, $1) g",
+                 SELECT 'bulk ' || g, repeat('x', 4000), 3 FROM generate_series(1, $1::int) g",
                 &[&ROWS],
             )
             .await
