@@ -167,11 +167,15 @@ pub async fn run(
 fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.http.cors_origins);
     let body_limit = state.config.http.max_body_bytes;
+    let socketio = hub::socketio::layer(state.clone());
     Router::new()
         .merge(api::routes())
         .merge(crate::console::routes())
         .route("/ws", get(hub::ws::handler))
+        .route("/events", get(hub::sse::handler))
+        .route("/api/changes", get(hub::poll::handler))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(socketio)
         .layer(cors)
         .with_state(state)
 }

@@ -8,6 +8,9 @@
 //! up to `H` must come from [`Hub::catch_up_page`].
 
 pub mod acl;
+pub mod poll;
+pub mod socketio;
+pub mod sse;
 pub mod ws;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -195,10 +195,15 @@ impl Conn {
             return Flow::Continue;
         }
         let frame = event_frame(&d.event, d.room());
-        self.last_sent = Some(d.event.seq);
         if self.send(Message::Text(frame.into())).await {
+            self.last_sent = Some(d.event.seq);
             Flow::Continue
         } else {
+            // A write stalled until the hub kicked us: still say why (4008), so the client
+            // resumes instead of seeing a reset.
+            if self.session.kicked.is_cancelled() {
+                self.close_too_slow().await;
+            }
             Flow::Stop
         }
     }
@@ -470,7 +475,7 @@ impl Conn {
 }
 
 /// Sleeps until the session's token expires.
-fn expiry_sleep(session: &Session) -> tokio::time::Sleep {
+pub(crate) fn expiry_sleep(session: &Session) -> tokio::time::Sleep {
     let secs = session
         .user
         .seconds_left()

@@ -102,7 +102,7 @@ async fn console_in_chromium() {
 
 /// The Socket.IO transport of the client (needs the Socket.IO endpoint, issue 3).
 #[tokio::test]
-#[ignore = "needs /socket.io/ (issue 3): enable after merging the socketio branch"]
+
 async fn js_client_socketio() {
     let (_db, ctl) = start().await;
     node_test(&["client/test/socketio.test.js"], &ctl, &[]).await;

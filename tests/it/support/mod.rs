@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod node;
 pub mod process;
 pub mod ws;
 

@@ -1,0 +1,143 @@
+//! Plain polling at `GET /api/changes?rooms=…&since=…&limit=…`: pages of the events the
+//! caller's rooms received after `since`, from the replay buffer or the change log.
+//!
+//! Also the request checks shared with SSE: rooms (ACL, before any event), `since`.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::{JoinError, MAX_ROOMS, ResumeError};
+use crate::api::auth::AuthUser;
+use crate::api::{ApiError, AppState};
+use crate::event::Position;
+
+/// Events per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page; larger `limit`s are clamped to it.
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    token: Option<String>,
+    rooms: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PolledEvent<'a> {
+    event: &'a str,
+    room: &'a str,
+    seq: Position,
+    payload: &'a RawValue,
+}
+
+/// `GET /api/changes`. Without `since`: no events and `next` = the current position (start
+/// here). With `since`: up to `limit` events after it, in log order, and `next` to pass as
+/// the following `since`; `more: true` means the next page is ready now.
+/// 410 `resync_required` when `since` is older than the retained log.
+pub async fn handler(
+    State(app): State<AppState>,
+    Query(q): Query<PollQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = app.auth.authenticate(&headers, q.token.as_deref())?;
+    let rooms = checked_rooms(&app, &user, q.rooms.as_deref())?;
+    let since = parse_since(q.since.as_deref(), "since")?;
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(MAX_LIMIT),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}, not {l:?}"
+                )));
+            }
+        },
+    };
+    let until = app.hub.position();
+    let Some(since) = since else {
+        return Ok(
+            axum::Json(json!({ "events": [], "next": until, "more": false })).into_response(),
+        );
+    };
+    let (events, next) = match app.hub.catch_up_page(&rooms, since, until, limit).await {
+        Ok(page) => page,
+        Err(ResumeError::ResyncRequired { since, pruned }) => {
+            let body = json!({
+                "error": "resync_required",
+                "message": format!(
+                    "events after {since} were pruned (oldest kept after {pruned}): refetch your data, then poll with since={until}"
+                ),
+                "next": until,
+            });
+            return Ok((StatusCode::GONE, axum::Json(body)).into_response());
+        }
+        Err(e @ ResumeError::Db(_)) => return Err(ApiError::internal(e)),
+    };
+    let polled: Vec<PolledEvent> = events
+        .iter()
+        .map(|(ev, room)| PolledEvent {
+            event: &ev.name,
+            room: &ev.rooms[*room],
+            seq: ev.seq,
+            payload: &ev.payload,
+        })
+        .collect();
+    // A client ahead of this replica (it polled another one) keeps its own position.
+    let (next, more) = match next {
+        Some(n) => (n, true),
+        None => (until.max(since), false),
+    };
+    Ok(axum::Json(json!({ "events": polled, "next": next, "more": more })).into_response())
+}
+
+/// The requested rooms (comma-separated) plus the caller's own `user:<sub>` room, each
+/// allowed by the ACL; the first refused room answers 403 (400 for a malformed name).
+pub fn checked_rooms(
+    app: &AppState,
+    user: &AuthUser,
+    rooms: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    let user_room = format!("user:{}", user.sub);
+    let mut out = vec![user_room];
+    for room in rooms.unwrap_or("").split(',').map(str::trim) {
+        if room.is_empty() || out.iter().any(|r| r == room) {
+            continue;
+        }
+        if let Err(e) = app.hub.acl().check(user, room) {
+            let status = match e {
+                JoinError::BadName => StatusCode::BAD_REQUEST,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return Err(ApiError::new(
+                status,
+                e.code(),
+                format!("room {room:?}: {e}"),
+            ));
+        }
+        out.push(room.to_string());
+        if out.len() > MAX_ROOMS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_ROOMS} rooms per request"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// An optional `seq` from a query parameter or header named `what`.
+pub fn parse_since(value: Option<&str>, what: &str) -> Result<Option<Position>, ApiError> {
+    value
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<Position>()
+                .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+        })
+        .transpose()
+}

@@ -1,0 +1,210 @@
+//! Server-Sent Events at `GET /events?rooms=…`: a thin adapter over a hub [`Session`].
+//!
+//! Every event goes out as `id: <seq>`, `event: <name>`, `data: <payload>`, so a browser's
+//! `EventSource` resumes on its own through `Last-Event-ID`. Refusals (401, 403, 400) are
+//! answered before the stream starts. The stream ends after a `rowcast:error` event when
+//! the client is too slow, its token expires or the server shuts down.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::poll::{checked_rooms, parse_since};
+use super::{ResumeError, Session, Transport};
+use crate::api::{ApiError, AppState};
+use crate::event::{Position, SharedEvent};
+
+/// Events per catch-up page.
+const CATCH_UP_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct SseQuery {
+    token: Option<String>,
+    rooms: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /events`: authenticates (401), checks every room (403) and `since` /
+/// `Last-Event-ID` (400; the header wins), then streams what the rooms missed since then,
+/// a `ready` event (`id` = the position live events continue from), and live events.
+pub async fn handler(
+    State(app): State<AppState>,
+    Query(q): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = app.auth.authenticate(&headers, q.token.as_deref())?;
+    let rooms = checked_rooms(&app, &user, q.rooms.as_deref())?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not valid text"))
+        })
+        .transpose()?;
+    let since = match parse_since(last_event_id, "Last-Event-ID")? {
+        Some(s) => Some(s),
+        None => parse_since(q.since.as_deref(), "since")?,
+    };
+    let session = app.hub.open(user, Transport::Sse);
+    let (results, until) = session.join_many(&rooms);
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        // The ACL passed a moment ago; only a session limit can refuse here.
+        return Err(ApiError::forbidden(e.to_string()));
+    }
+    let mut conn = Conn {
+        session,
+        shutdown: app.shutdown.clone(),
+        pending: VecDeque::new(),
+        catch_up: since.map(|s| (s, until)),
+        rooms,
+        live_after: until,
+        ended: false,
+    };
+    if conn.catch_up.is_none() {
+        conn.push_ready();
+    }
+    let stream = futures_util::stream::unfold(conn, |mut conn| async move {
+        let ev = conn.next().await?;
+        Some((Ok::<_, Infallible>(ev), conn))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(app.config.hub.ping_interval))
+        .into_response())
+}
+
+struct Conn {
+    session: Session,
+    shutdown: CancellationToken,
+    /// Events ready to go out.
+    pending: VecDeque<SseEvent>,
+    /// Resume still to serve: `(after, until]`.
+    catch_up: Option<(Position, Position)>,
+    rooms: Vec<String>,
+    /// Live deliveries at or before this position were served by the catch-up (or precede
+    /// the `ready` event of a fresh stream).
+    live_after: Position,
+    ended: bool,
+}
+
+impl Conn {
+    /// The next event to send, or `None` to end the stream.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            if self.ended {
+                return None;
+            }
+            if let Some((after, until)) = self.catch_up.take() {
+                self.catch_up_page(after, until).await;
+                continue;
+            }
+            let expiry = super::ws::expiry_sleep(&self.session);
+            tokio::select! {
+                biased;
+                // 1. Shutdown: the client reconnects (elsewhere) with Last-Event-ID.
+                _ = self.shutdown.cancelled() => {
+                    self.end("shutting_down", "server shutting down; reconnect".into());
+                }
+                // 2. Too slow: the hub dropped us from every room.
+                _ = self.session.kicked.cancelled() => {
+                    self.end("too_slow", "too slow: reconnect with Last-Event-ID".into());
+                }
+                // 3. Token lifetime.
+                _ = expiry => {
+                    self.end("token_expired", "token expired; reconnect with a new token".into());
+                }
+                // 4. Live events.
+                d = self.session.rx.recv() => match d {
+                    Some(d) if self.session.is_new(&d) && d.event.seq > self.live_after => {
+                        self.pending.push_back(event(&d.event));
+                    }
+                    Some(_) => {}
+                    None => self.ended = true,
+                },
+            }
+        }
+    }
+
+    async fn catch_up_page(&mut self, after: Position, until: Position) {
+        let hub = self.session.hub().clone();
+        match hub
+            .catch_up_page(&self.rooms, after, until, CATCH_UP_PAGE)
+            .await
+        {
+            Ok((events, next)) => {
+                self.pending.extend(events.iter().map(|(ev, _)| event(ev)));
+                match next {
+                    Some(n) => self.catch_up = Some((n, until)),
+                    None => self.push_ready(),
+                }
+            }
+            Err(ResumeError::ResyncRequired { since, pruned }) => {
+                let body = json!({
+                    "since": since,
+                    "oldest": pruned,
+                    "seq": until,
+                    "rooms": self.rooms,
+                    "message": "events you missed were pruned: refetch your data; this stream continues from `seq`",
+                });
+                self.pending.push_back(
+                    SseEvent::default()
+                        .id(until.to_string())
+                        .event("resync_required")
+                        .data(body.to_string()),
+                );
+                self.push_ready();
+            }
+            Err(e @ ResumeError::Db(_)) => {
+                tracing::warn!(error = %e, "SSE resume failed");
+                self.end(
+                    "unavailable",
+                    "missed events could not be loaded; reconnect to retry".into(),
+                );
+            }
+        }
+    }
+
+    /// `ready`: live events follow; its `id` is the position to resume from.
+    fn push_ready(&mut self) {
+        let body = json!({
+            "session": self.session.id.to_string(),
+            "user": self.session.user.sub,
+            "rooms": self.rooms,
+            "seq": self.live_after,
+            "expires_at": self.session.user.exp,
+        });
+        self.pending.push_back(
+            SseEvent::default()
+                .id(self.live_after.to_string())
+                .event("ready")
+                .data(body.to_string()),
+        );
+    }
+
+    /// Queues a `rowcast:error` event and ends the stream after it.
+    fn end(&mut self, code: &str, message: String) {
+        let body = json!({ "code": code, "message": message });
+        self.pending.push_back(
+            SseEvent::default()
+                .event("rowcast:error")
+                .data(body.to_string()),
+        );
+        self.ended = true;
+    }
+}
+
+fn event(ev: &SharedEvent) -> SseEvent {
+    SseEvent::default()
+        .id(ev.seq.to_string())
+        .event(&ev.name)
+        .data(ev.payload.get())
+}

@@ -1,0 +1,103 @@
+//! Slow clients: a `/ws` client that stops reading never delays the others and is closed
+//! with 4008 once its bounded queue overflows.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{self, ws::WsClient};
+
+/// Rows per insert statement and statements: ~6 MB of events, enough to fill the stalled
+/// client's socket buffers so that its session queue overflows.
+const ROWS: i32 = 20;
+const STATEMENTS: usize = 80;
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4008_and_never_delays_others() {
+    let (db, server) = support::start_with(|c| {
+        c.hub.session_queue = 64;
+        // Small capture batches: a burst never exceeds a reading client's queue.
+        c.capture.batch_size = 20;
+    })
+    .await;
+    let token = server.token("1", "agent");
+    let url = server.ws_url(&format!("token={token}"));
+
+    // The slow client joins, then never reads again (until the end). A small receive
+    // buffer, so that the kernel does not absorb megabytes on its behalf.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (stream, _) = tokio_tungstenite::client_async(
+        url.as_str(),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .expect("WebSocket connect");
+    let mut slow = WsClient {
+        stream,
+        closed: None,
+    };
+    assert_eq!(slow.next_json().await.unwrap()["type"], "welcome");
+    slow.join("tickets").await;
+    let (mut fast, _) = WsClient::connect(&url).await;
+    fast.join("tickets").await;
+
+    let pg = db.client().await;
+    let writer = tokio::spawn(async move {
+        for _ in 0..STATEMENTS {
+            pg.execute(
+                "INSERT INTO tickets (subject, body, requester_id)
+                 SELECT 'bulk ' || g, repeat('x', 4000), 3 FROM generate_series(1, $1::int) g",
+                &[&ROWS],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+
+    // The fast client receives every event promptly while the slow one stalls.
+    let total = ROWS as usize * STATEMENTS;
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    for _ in 0..total {
+        let v = fast.next_event().await;
+        let committed = time::OffsetDateTime::parse(
+            v["payload"]["committed_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let lag = time::OffsetDateTime::now_utc() - committed;
+        worst = worst.max(Duration::try_from(lag).unwrap_or_default());
+    }
+    writer.await.unwrap();
+    eprintln!(
+        "fast client: {total} events in {:?}, worst commit→client latency {worst:?}",
+        started.elapsed()
+    );
+    assert!(
+        worst < Duration::from_secs(3),
+        "a stalled client must not delay others: worst latency {worst:?}"
+    );
+
+    // The slow client reads again: some events, then close 4008 with a resume hint.
+    let mut events = 0;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), slow.stream.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => events += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?} after {events} events"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 4008, "{close:?}");
+    assert!(close.reason.contains("since="), "{close:?}");
+    assert!(
+        events < total,
+        "the slow client was cut off ({events} of {total})"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,247 @@
+//! Socket.IO v4 with the real `socket.io-client`: auth, join acks, events, notifications,
+//! and many concurrent clients.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{self, Server, node::Node};
+
+/// Connects socket `id` and returns the `connect` or `connect_error` line.
+pub async fn connect(n: &mut Node, id: &str, auth: Value) -> Value {
+    n.send(json!({"cmd": "connect", "id": id, "auth": auth}))
+        .await;
+    let id = id.to_string();
+    n.next_where(15, move |v| {
+        v["id"] == id.as_str() && (v["type"] == "connect" || v["type"] == "connect_error")
+    })
+    .await
+}
+
+/// Emits `event` with `args` and returns the acknowledgement.
+pub async fn emit_ack(n: &mut Node, id: &str, event: &str, args: Value, req: u64) -> Value {
+    n.send(json!({"cmd": "emit", "id": id, "event": event, "args": args, "req": req}))
+        .await;
+    let id = id.to_string();
+    let line = n
+        .next_where(15, move |v| {
+            v["id"] == id.as_str() && v["type"] == "ack" && v["req"] == req
+        })
+        .await;
+    line["ack"].clone()
+}
+
+/// The next event of socket `id` (any name), skipping other sockets' lines.
+pub async fn next_event(n: &mut Node, id: &str) -> Value {
+    let id = id.to_string();
+    n.next_where(15, move |v| v["id"] == id.as_str() && v["type"] == "event")
+        .await
+}
+
+pub fn sio(server: &Server) -> Node {
+    Node::start("sio.mjs", &[&server.http()])
+}
+
+#[tokio::test]
+async fn socketio_auth_join_acks_events_and_private_notifications() {
+    let (db, server) = support::start().await;
+    let mut n = sio(&server);
+
+    // Refused handshakes reach the client as connect_error with a clear message.
+    let v = connect(&mut n, "none", json!({})).await;
+    assert_eq!(v["type"], "connect_error");
+    assert!(
+        v["message"].as_str().unwrap().contains("missing token"),
+        "{v}"
+    );
+    let v = connect(&mut n, "bad", json!({"token": "not-a-jwt"})).await;
+    assert_eq!(v["type"], "connect_error");
+    assert!(
+        v["message"].as_str().unwrap().contains("invalid token"),
+        "{v}"
+    );
+    let expired = server.auth.issue("1", "agent", -3600).unwrap();
+    let v = connect(&mut n, "old", json!({"token": expired})).await;
+    assert_eq!(v["type"], "connect_error");
+    assert!(
+        v["message"].as_str().unwrap().contains("token expired"),
+        "{v}"
+    );
+    let v = connect(
+        &mut n,
+        "since",
+        json!({"token": server.token("1", "agent"), "since": "yesterday"}),
+    )
+    .await;
+    assert_eq!(v["type"], "connect_error");
+    assert!(
+        v["message"].as_str().unwrap().starts_with("bad_request"),
+        "{v}"
+    );
+
+    // An agent, the customer who gets the notification, and another customer.
+    for (id, sub, role) in [
+        ("agent", "1", "agent"),
+        ("carl", "3", "customer"),
+        ("cleo", "4", "customer"),
+    ] {
+        let v = connect(&mut n, id, json!({"token": server.token(sub, role)})).await;
+        assert_eq!(v["type"], "connect", "{id}: {v}");
+    }
+    let ack = emit_ack(&mut n, "agent", "join", json!(["tickets"]), 1).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let ack = emit_ack(&mut n, "agent", "join", json!([["comments", "kb"]]), 2).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["rooms"], json!(["comments", "kb"]));
+    let ack = emit_ack(&mut n, "agent", "join", json!(["user:3"]), 3).await;
+    assert_eq!(ack["ok"], false, "{ack}");
+    assert_eq!(ack["code"], "forbidden");
+    assert!(ack["error"].as_str().unwrap().contains("private"), "{ack}");
+    let ack = emit_ack(&mut n, "carl", "join", json!(["tickets"]), 4).await;
+    assert_eq!(ack["ok"], false, "{ack}");
+    assert_eq!(ack["code"], "forbidden");
+    let ack = emit_ack(&mut n, "carl", "join", json!([42]), 5).await;
+    assert_eq!(ack["code"], "bad_request", "{ack}");
+
+    // INSERT / UPDATE / DELETE arrive as `ticket.update` with the contract payload.
+    let pg = db.client().await;
+    let id: i64 = pg
+        .query_one("INSERT INTO tickets (subject, requester_id) VALUES ('Socket.IO works', 3) RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut seqs = Vec::new();
+    for (op, event) in [
+        ("insert", "ticket.created"),
+        ("update", "ticket.updated"),
+        ("delete", "ticket.deleted"),
+    ] {
+        // One change at a time: changes to one row inside one capture batch are coalesced.
+        match op {
+            "update" => pg
+                .execute("UPDATE tickets SET status = 'solved' WHERE id = $1", &[&id])
+                .await
+                .unwrap(),
+            "delete" => pg
+                .execute("DELETE FROM tickets WHERE id = $1", &[&id])
+                .await
+                .unwrap(),
+            _ => 0,
+        };
+        let v = next_event(&mut n, "agent").await;
+        assert_eq!(v["event"], "ticket.update", "{v}");
+        let p = &v["payload"];
+        assert_eq!(p["op"], op, "{p}");
+        assert_eq!(p["event"], event);
+        assert_eq!(p["entity"], "ticket");
+        assert_eq!(p["table"], "public.tickets");
+        assert_eq!(p["id"], json!(id));
+        assert!(p["committed_at"].is_string());
+        seqs.push(p["seq"].as_str().unwrap().to_string());
+        if op == "update" {
+            assert_eq!(p["data"]["status"], "solved");
+        }
+        if op == "delete" {
+            assert_eq!(p["old"]["subject"], "Socket.IO works");
+        }
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] != w[1]),
+        "distinct seqs: {seqs:?}"
+    );
+
+    // A comment and its notification for Carl (user 3): only Carl gets `notification`.
+    let comment_id: i64 = pg
+        .query_one("INSERT INTO comments (ticket_id, author_id, body) VALUES (1, 1, 'Fixed it for you') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.execute(
+        "INSERT INTO notifications (user_id, type, message, related_id, related_type) VALUES (3, 'comment_on_ticket', 'Ada replied', $1, 'comment')",
+        &[&comment_id.to_string()],
+    )
+    .await
+    .unwrap();
+    let v = next_event(&mut n, "carl").await;
+    assert_eq!(v["event"], "notification", "{v}");
+    assert_eq!(v["payload"]["notification"]["type"], "comment_on_ticket");
+    assert_eq!(v["payload"]["notification"]["message"], "Ada replied");
+    assert_eq!(v["payload"]["data"]["id"], json!(comment_id));
+    assert_eq!(v["payload"]["data"]["body"], "Fixed it for you");
+    let v = next_event(&mut n, "agent").await;
+    assert_eq!(v["event"], "comment.update", "{v}");
+    // Cleo's first event is her own notification, not Carl's.
+    pg.execute(
+        "INSERT INTO notifications (user_id, type, message) VALUES (4, 'ticket_solved', 'for Cleo')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let v = next_event(&mut n, "cleo").await;
+    assert_eq!(v["payload"]["notification"]["message"], "for Cleo", "{v}");
+
+    // Leave: no more ticket events for the agent.
+    let ack = emit_ack(&mut n, "agent", "leave", json!(["tickets"]), 6).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let ack = emit_ack(&mut n, "agent", "leave", json!(["user:1"]), 7).await;
+    assert_eq!(ack["ok"], false, "{ack}");
+    pg.execute(
+        "INSERT INTO tickets (subject, requester_id) VALUES ('after leave', 3)",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "INSERT INTO kb_articles (title, body) VALUES ('marker', 'x')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let v = next_event(&mut n, "agent").await;
+    assert_eq!(v["event"], "kb.update", "ticket event after leave: {v}");
+    n.close_stdin();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_socketio_clients_join_and_all_receive_an_event() {
+    const N: usize = 1000;
+    let (db, server) = support::start().await;
+    let token = server.token("1", "agent");
+    let started = Instant::now();
+    let mut n = Node::start(
+        "sio_many.mjs",
+        &[
+            &server.http(),
+            &token,
+            &N.to_string(),
+            "tickets",
+            "ticket.update",
+        ],
+    );
+    let ready = n
+        .next_where(60, |v| v["type"] == "ready" || v["type"] == "error")
+        .await;
+    assert_eq!(ready["type"], "ready", "{ready}");
+    let connected_in = started.elapsed();
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO tickets (subject, requester_id) VALUES ('to everyone', 3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(30),
+        n.next_where(30, |v| v["type"] == "done"),
+    )
+    .await
+    .expect("all clients receive the event within 30 s");
+    assert_eq!(done["received"], json!(N), "{done}");
+    eprintln!(
+        "{N} Socket.IO clients: connected and joined in {:?}, event delivered to all in {} ms",
+        connected_in, done["elapsed_ms"]
+    );
+    server.stop().await;
+}
