@@ -26,21 +26,12 @@ pub enum PgTempError {
 }
 
 /// Options for a new cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PgTempOptions {
     /// `fsync=off` makes tests fast; benchmarks of write throughput keep it on.
     pub fsync: bool,
     /// Extra `-c name=value` server settings.
     pub settings: Vec<(String, String)>,
-}
-
-impl Default for PgTempOptions {
-    fn default() -> Self {
-        PgTempOptions {
-            fsync: false,
-            settings: Vec::new(),
-        }
-    }
 }
 
 /// A running throwaway cluster. Stops and deletes itself on drop.
