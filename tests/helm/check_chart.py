@@ -305,6 +305,28 @@ def promises(name, values, kinds):
         check(ann.get("cert-manager.io/cluster-issuer") == "letsencrypt", f"{name}: user annotations kept")
 
 
+def leaves(values, prefix=""):
+    for k, v in values.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            yield from leaves(v, path + ".")
+        else:
+            yield path
+
+
+def documented(chart_dir):
+    """Every value of values.yaml is in the chart README (itself, or a parent as `a.b` / `a.b.*`)."""
+    readme = open(os.path.join(chart_dir, "README.md")).read()
+    values = yaml.safe_load(open(os.path.join(chart_dir, "values.yaml")))
+    for leaf in leaves(values):
+        parts = leaf.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        check(
+            any(f"`{q}`" in readme or f"`{q}.*`" in readme for q in prefixes),
+            f"README.md does not document the value {leaf}",
+        )
+
+
 def refused(chart, values, expect, what):
     try:
         render(chart, values)
@@ -338,6 +360,7 @@ if __name__ == "__main__":
             f.write(cm["data"]["rowcast.toml"])
         summary[name] = sorted(f"{o['kind']}/{o['metadata']['name']}" for _, o in objs)
 
+    documented(chart_dir)
     refused(chart, {}, "database.url", "missing database")
     refused(chart, {"database": REQUIRED["database"]}, "jwt.secret", "missing JWT key")
     refused(chart, deep_merge(REQUIRED, {"jwt": {"publicKey": PEM}}), "not both", "two JWT keys")
