@@ -61,7 +61,7 @@ pub fn pool(config: &Config) -> Result<Pool, RunError> {
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .build()
-        .map_err(|e| RunError::Connect(e.to_string()))
+        .map_err(|e| RunError::Connect(crate::telemetry::error_chain(&e)))
 }
 
 /// Runs rowcast (capture, hub, HTTP) on `listener` until `shutdown` is cancelled, then shuts
@@ -79,7 +79,7 @@ pub async fn run(
     let client = pool
         .get()
         .await
-        .map_err(|e| RunError::Connect(e.to_string()))?;
+        .map_err(|e| RunError::Connect(crate::telemetry::error_chain(&e)))?;
     let installed: bool = client
         .query_one("SELECT to_regclass('rowcast.changes') IS NOT NULL", &[])
         .await?
@@ -252,15 +252,18 @@ async fn prune_loop(config: Arc<Config>, pool: Pool, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let result: Result<u64, String> = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| crate::telemetry::error_chain(&e))?;
             let keep = log::cursor(&**client, "outbox")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::telemetry::error_chain(&e))?;
             let mut total = 0;
             loop {
                 let n = log::prune(&**client, age, keep, config.retention.batch)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::telemetry::error_chain(&e))?;
                 total += n;
                 if n < config.retention.batch as u64 || stop.is_cancelled() {
                     return Ok(total);

@@ -144,3 +144,52 @@ pub fn render_metrics() -> String {
         .map(|h| h.render())
         .unwrap_or_default()
 }
+
+/// An error and its causes, `outer: inner: root`, for messages an operator acts on
+/// ("error connecting to server: Connection refused"). Driver errors never carry the
+/// connection string; PostgreSQL's `DETAIL:` lines are dropped because they can quote row
+/// values ("Failing row contains (...)"), hidden columns included.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let without_detail = |text: String| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("DETAIL:"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = without_detail(e.to_string());
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = without_detail(s.to_string());
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_names_the_root_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = std::io::Error::other(io);
+        assert_eq!(super::error_chain(&outer), "connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("error connecting to server")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            super::error_chain(&e),
+            "error connecting to server: connection refused"
+        );
+        let e = Outer(std::io::Error::other(
+            "ERROR: new row violates check constraint\nDETAIL: Failing row contains (1, secret).\nHINT: fix it",
+        ));
+        assert_eq!(
+            super::error_chain(&e),
+            "error connecting to server: ERROR: new row violates check constraint HINT: fix it"
+        );
+    }
+}
