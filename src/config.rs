@@ -352,7 +352,12 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
-            .merge(Env::prefixed("ROWCAST_").map(|k| env_key_to_path(k)));
+            // ROWCAST_CONFIG names the file (read by the CLI): it is not a key.
+            .merge(
+                Env::prefixed("ROWCAST_")
+                    .ignore(&["config"])
+                    .map(|k| env_key_to_path(k)),
+            );
         let mut config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect()))?;

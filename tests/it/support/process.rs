@@ -19,9 +19,11 @@ pub struct Rowcast {
 }
 
 impl Rowcast {
-    /// Starts `rowcast serve` with JSON logs on `127.0.0.1:0` against `database_url`, with
-    /// `env` on top (nothing is inherited from the test's own `ROWCAST_*`, `DATABASE_URL`
-    /// or `RUST_LOG`), and waits until `/readyz` answers 200.
+    /// Starts `rowcast serve` on `127.0.0.1:0` against `database_url`, configured as in a
+    /// container: a TOML file named by `ROWCAST_CONFIG` (JSON logs, 5 s shutdown deadline),
+    /// secrets and overrides from the environment, `env` on top (nothing is inherited from
+    /// the test's own `ROWCAST_*`, `DATABASE_URL` or `RUST_LOG`). Waits until `/readyz`
+    /// answers 200.
     #[track_caller]
     pub fn spawn<'a>(
         database_url: &'a str,
@@ -41,11 +43,17 @@ impl Rowcast {
                     cmd.env_remove(k);
                 }
             }
-            cmd.env("DATABASE_URL", database_url)
+            let config = dir.0.join("etc").join("rowcast.toml");
+            std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+            std::fs::write(
+                &config,
+                "shutdown_timeout = \"5s\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n",
+            )
+            .unwrap();
+            cmd.env("ROWCAST_CONFIG", &config)
+                .env("DATABASE_URL", database_url)
                 .env("ROWCAST_LISTEN", "127.0.0.1:0")
-                .env("ROWCAST_JWT_SECRET", super::SECRET)
-                .env("ROWCAST_LOG_FORMAT", "json")
-                .env("ROWCAST_SHUTDOWN_TIMEOUT", "5s");
+                .env("ROWCAST_JWT_SECRET", super::SECRET);
             for (k, v) in env {
                 cmd.env(k, v);
             }
