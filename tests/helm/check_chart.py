@@ -242,6 +242,7 @@ def promises(name, values, kinds):
     deadline = merged["shutdownTimeoutSeconds"] + merged["preStopSleepSeconds"]
     check(spec["terminationGracePeriodSeconds"] > deadline, f"{at}: grace period {spec['terminationGracePeriodSeconds']} > {deadline}")
     check("checksum/config" in pod["metadata"]["annotations"], f"{at}: config checksum annotation")
+    check(spec.get("enableServiceLinks") is False, f"{at}: no service-link variables (ROWCAST_SERVICE_HOST, ...)")
     env = {e["name"]: e for e in c["env"]}
     check("secretKeyRef" in env["DATABASE_URL"].get("valueFrom", {}), f"{at}: DATABASE_URL comes from a Secret")
     check(env["ROWCAST_CONFIG"]["value"] == "/etc/rowcast/rowcast.toml", f"{at}: ROWCAST_CONFIG points at the mounted file")
@@ -272,6 +273,7 @@ def promises(name, values, kinds):
         ann = job["metadata"]["annotations"]
         check(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", f"{name}: migration Job is a pre-install/pre-upgrade hook")
         jc = job["spec"]["template"]["spec"]["containers"][0]
+        check(job["spec"]["template"]["spec"].get("enableServiceLinks") is False, f"{name}: Job has no service-link variables")
         check(jc["args"] == ["migrate"], f"{name}: migration Job runs `rowcast migrate`")
         labels = job["spec"]["template"]["metadata"]["labels"]
         check(not all(labels.get(k) == v for k, v in selector.items()), f"{name}: the Service does not select the migration pod")
