@@ -326,6 +326,8 @@ pub struct RoomConfig {
 impl Config {
     /// Loads defaults, then the TOML file (if given or if `rowcast.toml` exists), then the
     /// environment, and validates the result.
+    // `map(env_key_to_path)` does not compile (the fn is not general enough over lifetimes),
+    // so the closure clippy calls redundant stays.
     #[allow(clippy::redundant_closure)]
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
@@ -350,8 +352,14 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
-            // A closure, not the fn item: figment wants a mapper generic over the key's lifetime.
-            .merge(Env::prefixed("ROWCAST_").map(|k| env_key_to_path(k)));
+            // ROWCAST_CONFIG names the file (read by the CLI): it is not a key. Kubernetes
+            // service links of a Service named `rowcast...` are not keys either.
+            .merge(
+                Env::prefixed("ROWCAST_")
+                    .ignore(&["config"])
+                    .filter(|k| !is_service_link(k.as_str()))
+                    .map(|k| env_key_to_path(k)),
+            );
         let mut config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect()))?;
@@ -508,6 +516,31 @@ fn env_key_to_path(key: &figment::value::UncasedStr) -> figment::value::Uncased<
     lower.into()
 }
 
+/// Variables Kubernetes sets for every Service in the namespace (`enableServiceLinks`): a
+/// Service `rowcast` gives `ROWCAST_SERVICE_HOST`, `ROWCAST_SERVICE_PORT_HTTP`, `ROWCAST_PORT`,
+/// `ROWCAST_PORT_80_TCP_ADDR`, ...; a Service `rowcast-webhook` gives
+/// `ROWCAST_WEBHOOK_SERVICE_HOST`. `key` is the part after `ROWCAST_`. No configuration key
+/// ends in `port` or contains `service_host`/`service_port`, so nothing real is dropped.
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let parts: Vec<&str> = key.split('_').collect();
+    let is_proto = |p: &str| matches!(p, "tcp" | "udp" | "sctp");
+    let service = parts
+        .windows(2)
+        .any(|w| w[0] == "service" && (w[1] == "host" || w[1] == "port"));
+    let port = match parts.as_slice() {
+        [.., "port"] => true,
+        [.., "port", n, proto] => n.parse::<u16>().is_ok() && is_proto(proto),
+        [.., "port", n, proto, field] => {
+            n.parse::<u16>().is_ok()
+                && is_proto(proto)
+                && matches!(*field, "proto" | "port" | "addr")
+        }
+        _ => false,
+    };
+    service || port
+}
+
 fn is_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -650,6 +683,35 @@ mod tests {
         assert_eq!(k("JWT_PUBLIC_KEY_FILE"), "jwt.public_key_file");
         assert_eq!(k("LISTEN"), "listen");
         assert_eq!(k("DATABASE_URL"), "database_url");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_keys() {
+        for link in [
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_HTTP",
+            "PORT",
+            "PORT_80_TCP",
+            "PORT_80_TCP_PROTO",
+            "PORT_80_TCP_PORT",
+            "PORT_80_TCP_ADDR",
+            "WEBHOOK_SERVICE_HOST",
+            "WEBHOOK_PORT_443_TCP_ADDR",
+        ] {
+            assert!(is_service_link(link), "{link}");
+        }
+        for key in [
+            "LISTEN",
+            "DATABASE_URL",
+            "LOG_FORMAT",
+            "WEBHOOK_TIMEOUT",
+            "CAPTURE_MAX_LAG",
+            "HUB_SESSION_QUEUE",
+            "SHUTDOWN_TIMEOUT",
+        ] {
+            assert!(!is_service_link(key), "{key}");
+        }
     }
 
     #[test]

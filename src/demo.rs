@@ -85,6 +85,20 @@ pub async fn run(
     let agent = auth.issue("1", "agent", ttl).unwrap_or_default();
     let admin = auth.issue("2", "admin", ttl).unwrap_or_default();
     let customer = auth.issue("3", "customer", ttl).unwrap_or_default();
+    let server = tokio::spawn(crate::server::run(config, listener, shutdown.clone()));
+    // Print the URLs once the server is ready, so they work when a person (or a script) uses them.
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if server.is_finished() {
+            break;
+        }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!();
     println!("rowcast demo is running");
     println!("  console (agent):    {base}/?token={agent}");
@@ -107,12 +121,16 @@ pub async fn run(
             }
         })
     });
-    crate::server::run(config, listener, shutdown).await?;
+    let served = server.await;
     if let Some(d) = driver {
         d.abort();
     }
     conn.abort();
     drop(pg);
+    match served {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "server task failed"),
+    }
     eprintln!("demo stopped; its database was removed");
     Ok(())
 }

@@ -116,7 +116,12 @@ async fn connect(
     let url = config.require_database_url()?;
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the database: {}",
+                rowcast::telemetry::error_chain(&e)
+            )
+        })?;
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });

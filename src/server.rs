@@ -61,12 +61,12 @@ pub fn pool(config: &Config) -> Result<Pool, RunError> {
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .build()
-        .map_err(|e| RunError::Connect(e.to_string()))
+        .map_err(|e| RunError::Connect(crate::telemetry::error_chain(&e)))
 }
 
 /// Runs rowcast (capture, hub, HTTP) on `listener` until `shutdown` is cancelled, then shuts
-/// down in order: stop accepting, close sessions (1001), stop workers, within
-/// `shutdown_timeout`.
+/// down in order within one `shutdown_timeout` (see [`shut_down`]): stop accepting, close
+/// sessions (1001), stop workers, finish HTTP requests, close the database pool.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -79,7 +79,7 @@ pub async fn run(
     let client = pool
         .get()
         .await
-        .map_err(|e| RunError::Connect(e.to_string()))?;
+        .map_err(|e| RunError::Connect(crate::telemetry::error_chain(&e)))?;
     let installed: bool = client
         .query_one("SELECT to_regclass('rowcast.changes') IS NOT NULL", &[])
         .await?
@@ -133,12 +133,55 @@ pub async fn run(
     let http_shutdown = shutdown.clone();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-    let deadline = config.shutdown_timeout;
-    let served = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: closing sessions, stopping workers");
-    // Sessions watch `shutdown` and close with 1001; give them a moment to say goodbye.
-    let drained = tokio::time::timeout(deadline, async {
+    let mut served = tokio::spawn(async move { server.await });
+    let served_early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut served => Some(r),
+    };
+    if let Some(r) = served_early {
+        // The HTTP server died on its own: stop everything else, then report why.
+        shutdown.cancel();
+        workers.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await;
+        pool.close();
+        return match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RunError::Io(e)),
+            Err(e) => Err(RunError::Io(std::io::Error::other(e))),
+        };
+    }
+    shut_down(&config, &hub, &workers, &tracker, served).await;
+    pool.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The shutdown sequence, all within one `shutdown_timeout`:
+/// 1. the listener stops accepting (axum's graceful shutdown watches the same token) and
+///    `/readyz` answers 503;
+/// 2. sessions see the token and close (WebSocket 1001 "reconnect"); we wait until they
+///    are gone, so no client is cut off mid-frame;
+/// 3. workers (capture, pruning, webhook delivery) are cancelled and awaited: deliveries
+///    in flight finish or release their lease;
+/// 4. remaining HTTP requests finish; the caller then closes the database pool.
+///
+/// Whatever is still running at the deadline is dropped (and logged).
+async fn shut_down(
+    config: &Config,
+    hub: &Hub,
+    workers: &CancellationToken,
+    tracker: &TaskTracker,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + config.shutdown_timeout;
+    tracing::info!(
+        sessions = hub.session_count(),
+        timeout = ?config.shutdown_timeout,
+        "shutting down: closing sessions, then stopping workers"
+    );
+    let drained = tokio::time::timeout_at(deadline, async {
         while hub.session_count() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -152,16 +195,25 @@ pub async fn run(
     }
     workers.cancel();
     tracker.close();
-    if tokio::time::timeout(deadline, tracker.wait())
+    // Workers get at least a moment even when the sessions used up the deadline.
+    let workers_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
+    if tokio::time::timeout_at(workers_deadline, tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("workers did not stop within the shutdown deadline");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
-    pool.close();
-    tracing::info!("stopped");
-    Ok(())
+    let http_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(200));
+    if tokio::time::timeout_at(http_deadline, served)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still running at the shutdown deadline");
+    }
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "sessions closed, workers stopped"
+    );
 }
 
 fn router(state: AppState) -> Router {
@@ -174,6 +226,7 @@ fn router(state: AppState) -> Router {
         .route("/ws", get(hub::ws::handler))
         .route("/events", get(hub::sse::handler))
         .route("/api/changes", get(hub::poll::handler))
+        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(socketio)
         .layer(cors)
@@ -204,15 +257,18 @@ async fn prune_loop(config: Arc<Config>, pool: Pool, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let result: Result<u64, String> = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| crate::telemetry::error_chain(&e))?;
             let keep = log::cursor(&**client, "outbox")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::telemetry::error_chain(&e))?;
             let mut total = 0;
             loop {
                 let n = log::prune(&**client, age, keep, config.retention.batch)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::telemetry::error_chain(&e))?;
                 total += n;
                 if n < config.retention.batch as u64 || stop.is_cancelled() {
                     return Ok(total);

@@ -1,6 +1,15 @@
-//! Logs (`tracing`, human or JSON) and the Prometheus recorder.
+//! Logs (`tracing`, human or JSON), the HTTP access log, and the Prometheus recorder.
+//!
+//! What is never logged: tokens (the access log writes the path, never the query string,
+//! which may carry `?token=`), the database URL or its password, webhook secrets, and row
+//! data (hidden columns never reach an event in the first place).
 
 use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -40,11 +49,90 @@ pub fn init_metrics() {
             Ok(b) => {
                 let recorder = b.build_recorder();
                 let handle = recorder.handle();
-                metrics::set_global_recorder(recorder).ok().map(|_| handle)
+                let installed = metrics::set_global_recorder(recorder).ok().map(|_| handle);
+                if installed.is_some() {
+                    describe_metrics();
+                }
+                installed
             }
             Err(_) => None,
         }
     });
+}
+
+/// Help texts, and zero values for the series that exist before anything happens, so that
+/// dashboards and alerts see `0` rather than "no data".
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "rowcast_connections",
+        "Open client sessions, by transport (websocket, socketio, sse)."
+    );
+    describe_gauge!(
+        "rowcast_joined_rooms",
+        "Room memberships over all sessions, not counting each user's private room."
+    );
+    describe_gauge!(
+        "rowcast_sessions",
+        "Open client sessions of every transport."
+    );
+    describe_counter!(
+        "rowcast_events_emitted_total",
+        "Events published to the hub, by event name (e.g. ticket.update, notification)."
+    );
+    describe_histogram!(
+        "rowcast_commit_to_emit_seconds",
+        "Time from the commit of a change to its publication to sessions."
+    );
+    describe_gauge!(
+        "rowcast_capture_lag_seconds",
+        "Age of the oldest change not yet consumed by capture (0 when caught up)."
+    );
+    describe_histogram!(
+        "rowcast_capture_batch_size",
+        "Changes read from the log per capture batch."
+    );
+    describe_counter!(
+        "rowcast_slow_client_disconnects_total",
+        "Sessions closed because their queue was full (WebSocket close 4008)."
+    );
+    describe_counter!(
+        "rowcast_capture_errors_total",
+        "Capture interruptions (lost connection, failed query); capture reconnects and resumes."
+    );
+    describe_counter!(
+        "rowcast_changes_pruned_total",
+        "Change-log rows deleted by retention."
+    );
+    describe_gauge!(
+        "rowcast_build_info",
+        "Always 1; the version label names the running build."
+    );
+    metrics::gauge!("rowcast_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for transport in ["websocket", "socketio", "sse"] {
+        metrics::gauge!("rowcast_connections", "transport" => transport).increment(0.0);
+    }
+    metrics::gauge!("rowcast_joined_rooms").increment(0.0);
+    metrics::counter!("rowcast_slow_client_disconnects_total").increment(0);
+    metrics::counter!("rowcast_capture_errors_total").increment(0);
+    metrics::counter!("rowcast_changes_pruned_total").increment(0);
+}
+
+/// Access log (level `debug`): method, path, status and latency of every HTTP request.
+/// The query string is left out on purpose: `/ws?token=<jwt>` must not reach the logs.
+pub async fn access_log(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = res.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "http request"
+    );
+    res
 }
 
 /// The Prometheus text exposition of every metric recorded so far.
@@ -55,4 +143,53 @@ pub fn render_metrics() -> String {
         .and_then(|h| h.as_ref())
         .map(|h| h.render())
         .unwrap_or_default()
+}
+
+/// An error and its causes, `outer: inner: root`, for messages an operator acts on
+/// ("error connecting to server: Connection refused"). Driver errors never carry the
+/// connection string; PostgreSQL's `DETAIL:` lines are dropped because they can quote row
+/// values ("Failing row contains (...)"), hidden columns included.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let without_detail = |text: String| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("DETAIL:"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = without_detail(e.to_string());
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = without_detail(s.to_string());
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_names_the_root_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = std::io::Error::other(io);
+        assert_eq!(super::error_chain(&outer), "connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("error connecting to server")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            super::error_chain(&e),
+            "error connecting to server: connection refused"
+        );
+        let e = Outer(std::io::Error::other(
+            "ERROR: new row violates check constraint\nDETAIL: Failing row contains (1, secret).\nHINT: fix it",
+        ));
+        assert_eq!(
+            super::error_chain(&e),
+            "error connecting to server: ERROR: new row violates check constraint HINT: fix it"
+        );
+    }
 }

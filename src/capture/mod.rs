@@ -124,7 +124,7 @@ impl Capture {
                 Ok(()) => return,
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %e, retry_in = ?delay, %position, "capture interrupted; reconnecting");
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), retry_in = ?delay, %position, "capture interrupted; reconnecting");
                     metrics::counter!("rowcast_capture_errors_total").increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

@@ -8,6 +8,8 @@ mod core;
 mod demo;
 mod fallback;
 mod faults;
+mod helm;
+mod ops;
 mod protocol;
 mod resume;
 mod schema;
