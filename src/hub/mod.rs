@@ -419,6 +419,13 @@ impl Session {
         self.skip_through = since;
     }
 
+    /// Raises the floor below which live deliveries are skipped (already sent by a catch-up).
+    pub fn skip_through(&mut self, pos: Position) {
+        if pos > self.skip_through {
+            self.skip_through = pos;
+        }
+    }
+
     pub fn resume_point(&self) -> Option<Position> {
         self.resume
     }

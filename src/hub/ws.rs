@@ -359,10 +359,18 @@ impl Conn {
                 fresh.push(room);
             }
         }
-        match self.session.resume_point() {
-            Some(since) if !fresh.is_empty() => self.catch_up(fresh, since, h).await,
+        let user_room = format!("user:{}", self.session.user.sub);
+        let flow = match self.session.resume_point() {
+            Some(since) if !fresh.is_empty() => self.catch_up(fresh.clone(), since, h).await,
             _ => Flow::Continue,
+        };
+        // The user room was live since the session opened, so its queue may already hold
+        // events up to `h` that this catch-up just sent: skip those. Only the user room was
+        // in the session before this join, so no other room's event is skipped.
+        if fresh.contains(&user_room) {
+            self.session.skip_through(h);
         }
+        flow
     }
 
     async fn catch_up(&mut self, rooms: Vec<String>, since: Position, until: Position) -> Flow {
