@@ -43,13 +43,7 @@ pub async fn handler(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let user = app.auth.authenticate(&headers, q.token.as_deref())?;
-    let since = q
-        .since
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(str::parse::<Position>)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let since = super::poll::parse_since(q.since.as_deref(), "since")?;
     let rooms: Vec<String> = q
         .rooms
         .as_deref()
