@@ -26,7 +26,7 @@ pub enum PgTempError {
 }
 
 /// Options for a new cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PgTempOptions {
     /// `fsync=off` makes tests fast; benchmarks of write throughput keep it on.
     pub fsync: bool,
@@ -34,14 +34,6 @@ pub struct PgTempOptions {
     pub settings: Vec<(String, String)>,
 }
 
-impl Default for PgTempOptions {
-    fn default() -> Self {
-        PgTempOptions {
-            fsync: false,
-            settings: Vec::new(),
-        }
-    }
-}
 
 /// A running throwaway cluster. Stops and deletes itself on drop.
 #[derive(Debug)]

@@ -49,7 +49,7 @@ impl Acl {
                 }
             }
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Acl { exact, prefixes }
     }
 

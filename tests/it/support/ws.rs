@@ -62,10 +62,10 @@ impl WsClient {
 
     /// Next frame within `ms`, or `None` if nothing arrives.
     pub async fn maybe_json(&mut self, ms: u64) -> Option<Value> {
-        match tokio::time::timeout(Duration::from_millis(ms), self.next_json()).await {
-            Ok(v) => v,
-            Err(_) => None,
-        }
+        tokio::time::timeout(Duration::from_millis(ms), self.next_json())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Joins a room and waits for the `joined` answer.
