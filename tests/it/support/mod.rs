@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+pub mod receiver;
 pub mod ws;
 
 use std::future::Future;
