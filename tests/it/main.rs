@@ -3,4 +3,5 @@
 mod support;
 
 mod core;
+mod webhook_bench;
 mod webhooks;

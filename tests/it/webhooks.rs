@@ -560,3 +560,184 @@ async fn internal_urls_are_refused_when_set_and_when_connecting() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_releases_a_request_still_in_flight_so_the_next_process_sends_it_at_once() {
+    let mut rx = Receiver::start(&["--hold-first", "1"]).await;
+    let db = Db::start().await;
+    let mut config = db.config();
+    fast(&mut config);
+    // A lease far longer than the test: only a released lease lets the delivery go soon.
+    config.webhook.timeout = Duration::from_secs(20);
+    config.webhook.lease = Duration::from_secs(60);
+    config.shutdown_timeout = Duration::from_secs(2);
+    db.migrate(&config).await;
+    let first = Server::start(config.clone()).await;
+    let api = Api::new(first.http());
+    let carl = first.token("3", "customer");
+    let secret = api.set_url(&carl, &rx.url("/held")).await;
+    rx.add_secret(&secret).await;
+    let id = api.test_send(&carl).await;
+    assert_eq!(rx.next().await["answered"], Value::Null);
+    first.stop().await;
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT status, locked_until IS NULL, attempts FROM rowcast.webhook_deliveries WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let state: (String, bool, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        state,
+        ("pending".to_string(), true, 0),
+        "released, not lost"
+    );
+    let restarted = Instant::now();
+    let second = Server::start(config).await;
+    let again = rx.next().await;
+    assert_eq!(
+        (&again["id"], &again["answered"]),
+        (&json!(id), &json!(200))
+    );
+    assert!(restarted.elapsed() < Duration::from_secs(15));
+    Api::new(second.http())
+        .delivery_with_status(&carl, &id, "delivered")
+        .await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_secret_keeps_signing_and_gone_disables_the_endpoint() {
+    let (db, server) = support::start_with(fast).await;
+    let api = Api::new(server.http());
+    let admin = server.token("2", "admin");
+    let mut rx = Receiver::start(&[]).await;
+    let (s, ep) = api
+        .post(
+            "/api/webhooks",
+            &admin,
+            json!({ "url": rx.url("/rotated"), "event_types": ["ticket.created"], "description": "ops" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let old = ep["secret"].as_str().unwrap().to_string();
+    let id = ep["id"].as_str().unwrap().to_string();
+    let (s, rotated) = api
+        .post(&format!("/api/webhooks/{id}/rotate"), &admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(old, new);
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    // The receiver knows only the old secret: the second signature still verifies.
+    rx.add_secret(&old).await;
+    let pg = db.client().await;
+    pg.execute(
+        "INSERT INTO tickets (subject, requester_id) VALUES ('rotated', 3)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let r = rx.next().await;
+    assert_eq!(
+        r["signature"].as_str().unwrap().split(' ').count(),
+        2,
+        "{r}"
+    );
+    // Disabled endpoints get nothing; listing hides secrets.
+    let (s, patched) = api
+        .call(
+            Method::PATCH,
+            &format!("/api/webhooks/{id}"),
+            Some(&admin),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!((s, &patched["enabled"]), (StatusCode::OK, &json!(false)));
+    pg.execute(
+        "INSERT INTO tickets (subject, requester_id) VALUES ('while disabled', 3)",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(rx.maybe_next(700).await.is_none());
+    let (_, list) = api.get("/api/webhooks", &admin).await;
+    assert!(list["endpoints"][0].get("secret").is_none(), "{list}");
+
+    // A receiver that answers 410 Gone disables its endpoint; the delivery is failed.
+    let mut gone = Receiver::start(&["--status", "410"]).await;
+    let (_, ep) = api
+        .post(
+            "/api/webhooks",
+            &admin,
+            json!({ "url": gone.url("/gone"), "event_types": ["ticket.*"] }),
+        )
+        .await;
+    gone.add_secret(ep["secret"].as_str().unwrap()).await;
+    let gone_id = ep["id"].as_str().unwrap().to_string();
+    pg.execute(
+        "INSERT INTO tickets (subject, requester_id) VALUES ('gone', 3)",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(gone.next().await["answered"], 410);
+    let ep = eventually(10, || async {
+        let (_, ep) = api.get(&format!("/api/webhooks/{gone_id}"), &admin).await;
+        (ep["enabled"] == false).then_some(ep)
+    })
+    .await;
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("410"),
+        "{ep}"
+    );
+    let (_, failed) = api
+        .get(
+            &format!("/api/webhook/deliveries?status=failed&endpoint_id={gone_id}"),
+            &admin,
+        )
+        .await;
+    assert_eq!(
+        failed["deliveries"].as_array().unwrap().len(),
+        1,
+        "{failed}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn delivered_deliveries_are_pruned_and_dead_letters_kept() {
+    let (db, server) = support::start_with(|c| {
+        fast(c);
+        c.retention.deliveries = ms(1);
+        c.retention.interval = ms(200);
+        c.retention.batch = 2;
+    })
+    .await;
+    let api = Api::new(server.http());
+    let carl = server.token("3", "customer");
+    let mut rx = Receiver::start(&[]).await;
+    let secret = api.set_url(&carl, &rx.url("/prune")).await;
+    rx.add_secret(&secret).await;
+    for _ in 0..5 {
+        api.test_send(&carl).await;
+    }
+    for _ in 0..5 {
+        rx.next().await;
+    }
+    let cleo = server.token("4", "customer");
+    api.set_url(&cleo, &format!("http://127.0.0.1:{}/", free_port()))
+        .await;
+    let dead = api.test_send(&cleo).await;
+    api.delivery_with_status(&cleo, &dead, "failed").await;
+    eventually(10, || async {
+        let left = count(&db, "SELECT count(*) FROM rowcast.webhook_deliveries").await;
+        let attempts = count(&db, "SELECT count(*) FROM rowcast.webhook_attempts").await;
+        (left == 1 && attempts == 4).then_some(())
+    })
+    .await;
+    server.stop().await;
+}
