@@ -51,6 +51,7 @@ impl Worker {
         let (result_tx, result_rx) = mpsc::channel::<Outcome>(4096);
         let hard = CancellationToken::new();
         let writer = tokio::spawn(write_results(self.pool.clone(), result_rx, hard.clone()));
+        let depth = tokio::spawn(report_depth(self.pool.clone(), stop.clone()));
         let tasks = TaskTracker::new();
         self.claim_loop(&stop, &hard, &tasks, &result_tx).await;
         drop(result_tx);
@@ -64,7 +65,13 @@ impl Worker {
             hard.cancel();
             tasks.wait().await;
         }
-        let _ = writer.await;
+        let mut writer = writer;
+        if tokio::time::timeout(grace, &mut writer).await.is_err() {
+            // The database is not taking results: stop retrying (the leases run out).
+            hard.cancel();
+            let _ = writer.await;
+        }
+        let _ = depth.await;
     }
 
     async fn claim_loop(
@@ -81,7 +88,6 @@ impl Worker {
             self.config.max_retry_after,
         ));
         let mut failures = 0u32;
-        let mut last_depth = Instant::now() - Duration::from_secs(60);
         loop {
             let first = tokio::select! {
                 biased;
@@ -96,10 +102,6 @@ impl Worker {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
-            }
-            if last_depth.elapsed() > Duration::from_secs(5) {
-                last_depth = Instant::now();
-                self.report_depth().await;
             }
             let claimed = match self.claim(permits.len() as i64).await {
                 Ok(c) => {
@@ -161,16 +163,22 @@ impl Worker {
         let client = self.pool.get().await?;
         Ok(deliveries::claim(&**client, limit, self.config.lease.as_secs_f64()).await?)
     }
+}
 
-    async fn report_depth(&self) {
-        let Ok(client) = self.pool.get().await else {
-            return;
-        };
-        if let Ok(depth) = deliveries::depth(&**client).await {
+/// Sets the outbox depth gauge (deliveries by status) every 5 s until `stop`.
+async fn report_depth(pool: Pool, stop: CancellationToken) {
+    loop {
+        if let Ok(client) = pool.get().await
+            && let Ok(depth) = deliveries::depth(&**client).await
+        {
             for status in ["pending", "delivered", "failed"] {
                 let n = depth.iter().find(|(s, _)| s == status).map_or(0, |d| d.1);
                 metrics::gauge!("rowcast_webhook_outbox_depth", "status" => status).set(n as f64);
             }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }
@@ -334,6 +342,7 @@ async fn write_results(pool: Pool, mut rx: mpsc::Receiver<Outcome>, hard: Cancel
                 deliveries::release(&*tx, &released).await?;
                 if !gone.is_empty() {
                     endpoints::disable_gone(&*tx, &gone).await?;
+                    tracing::warn!(endpoints = ?gone, "webhook endpoints answered 410 Gone; disabled");
                 }
                 tx.commit().await?;
                 Ok(())
