@@ -34,7 +34,6 @@ pub struct PgTempOptions {
     pub settings: Vec<(String, String)>,
 }
 
-
 /// A running throwaway cluster. Stops and deletes itself on drop.
 #[derive(Debug)]
 pub struct PgTemp {
