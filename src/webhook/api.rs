@@ -86,8 +86,8 @@ fn db(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e)
 }
 
+/// Lenient on purpose: a frontend may send more than `url` to `setWebhookUrl`.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SetUrl {
     url: String,
 }

@@ -45,8 +45,8 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until `stop`. In-flight requests then get `grace` to finish; the rest are
-    /// released. Returns once every result is stored (or, if the database is gone, given
-    /// up: those leases simply run out).
+    /// released. Returns once every result is stored, or after another `grace / 2` if the
+    /// database is not taking them (those leases simply run out: sent again later).
     pub async fn run(self, stop: CancellationToken, grace: Duration) {
         let (result_tx, result_rx) = mpsc::channel::<Outcome>(4096);
         let hard = CancellationToken::new();
@@ -66,7 +66,7 @@ impl Worker {
             tasks.wait().await;
         }
         let mut writer = writer;
-        if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        if tokio::time::timeout(grace / 2, &mut writer).await.is_err() {
             // The database is not taking results: stop retrying (the leases run out).
             hard.cancel();
             let _ = writer.await;

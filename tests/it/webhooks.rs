@@ -242,6 +242,20 @@ async fn failing_receiver_gets_the_delivery_on_the_third_attempt() {
         .get("/api/webhook/deliveries?status=delivered", &carl)
         .await;
     assert_eq!(list["deliveries"][0]["id"], json!(id));
+    let metrics = reqwest::get(format!("{}/metrics", server.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "rowcast_webhook_attempts_total{outcome=\"retry\"}",
+        "rowcast_webhook_attempts_total{outcome=\"delivered\"}",
+        "rowcast_webhook_attempt_duration_seconds_bucket",
+        "rowcast_webhook_outbox_depth{status=\"pending\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     server.stop().await;
 }
 
