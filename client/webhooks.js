@@ -144,7 +144,7 @@ export function processWebhookPayload(payload) {
   const [, entity, action] = m;
   const op = OPS[action];
   if (p.op !== undefined && p.op !== op) throw new WebhookPayloadError('op', `${JSON.stringify(p.op)} does not match event ${p.event} (expected "${op}")`);
-  if (p.seq !== undefined && typeof p.seq !== 'string') throw new WebhookPayloadError('seq', 'must be a string');
+  if (p.seq !== undefined && p.seq !== null && typeof p.seq !== 'string') throw new WebhookPayloadError('seq', 'must be a string or null (test sends carry no seq)');
   if (p.committed_at !== undefined && (typeof p.committed_at !== 'string' || Number.isNaN(Date.parse(p.committed_at)))) {
     throw new WebhookPayloadError('committed_at', 'must be an RFC 3339 timestamp');
   }

@@ -141,12 +141,11 @@ async function loadWebhook() {
 async function loadDeliveries() {
   const r = await webhookCall('Loading deliveries', (api) => api.getWebhookDeliveries());
   if (r === undefined) return;
-  const list = Array.isArray(r) ? r : r?.deliveries ?? r?.items ?? [];
+  const list = r?.deliveries ?? [];
   $('deliveries').tBodies[0].replaceChildren(
     ...list.map((d) => {
       const tr = document.createElement('tr');
-      const attempts = d.attempts_count ?? d.attempt_count ?? (Array.isArray(d.attempts) ? d.attempts.length : d.attempts) ?? '';
-      for (const v of [d.id, d.event ?? d.event_type ?? '', d.status ?? '', attempts, d.created_at ?? '']) {
+      for (const v of [d.id, d.event_type, d.status, d.attempts, d.created_at]) {
         tr.appendChild(Object.assign(document.createElement('td'), { textContent: String(v) }));
       }
       tr.addEventListener('click', async () => {

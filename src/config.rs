@@ -233,6 +233,17 @@ pub struct WebhookConfig {
     /// Largest `Retry-After` honoured.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
+    /// How long a worker holds a claimed delivery; must exceed `timeout`. A worker that
+    /// dies mid-request releases nothing: another takes the delivery when the lease ends.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often workers look for due deliveries (retries) when nothing woke them.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most deliveries claimed by one query.
+    pub batch: i64,
+    /// Most change-log rows turned into deliveries by one outbox transaction.
+    pub enqueue_batch: i64,
 }
 
 impl Default for WebhookConfig {
@@ -250,6 +261,10 @@ impl Default for WebhookConfig {
             per_endpoint_concurrency: 16,
             secret_grace: Duration::from_secs(24 * 3600),
             max_retry_after: Duration::from_secs(3600),
+            lease: Duration::from_secs(45),
+            poll_interval: Duration::from_secs(1),
+            batch: 256,
+            enqueue_batch: 1000,
         }
     }
 }
@@ -417,6 +432,18 @@ impl Config {
                 "webhook.concurrency and webhook.per_endpoint_concurrency must be at least 1"
                     .into(),
             );
+        }
+        if self.webhook.lease <= self.webhook.timeout {
+            problems.push(
+                "webhook.lease must be longer than webhook.timeout (a lease that ends mid-request lets a second worker send the same delivery)"
+                    .into(),
+            );
+        }
+        if self.webhook.batch < 1 || self.webhook.enqueue_batch < 1 {
+            problems.push("webhook.batch and webhook.enqueue_batch must be at least 1".into());
+        }
+        if self.webhook.poll_interval.is_zero() {
+            problems.push("webhook.poll_interval must be positive".into());
         }
         if self.retention.batch < 1 {
             problems.push("retention.batch must be at least 1".into());

@@ -18,6 +18,7 @@ pub mod route;
 pub mod schema;
 pub mod server;
 pub mod telemetry;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::{RunError, run};

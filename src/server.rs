@@ -36,6 +36,8 @@ pub enum RunError {
     NotMigrated,
     #[error("the database does not match the configuration (run `rowcast check` for details):\n  - {}", .0.join("\n  - "))]
     Mismatch(Vec<String>),
+    #[error("webhooks: {0}")]
+    Webhook(#[from] crate::webhook::WebhookError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -119,6 +121,16 @@ pub async fn run(
         .run(start, workers.clone()),
     );
     tracker.spawn(prune_loop(config.clone(), pool.clone(), workers.clone()));
+    let webhooks = crate::webhook::start(
+        &config,
+        &pool,
+        enricher.clone(),
+        after_batch.clone(),
+        start,
+        &tracker,
+        workers.clone(),
+    )
+    .await?;
 
     let state = AppState {
         config: config.clone(),
@@ -127,6 +139,7 @@ pub async fn run(
         pool: pool.clone(),
         capture: status,
         shutdown: shutdown.clone(),
+        webhooks,
     };
     let app = router(state);
     tracing::info!(listen = %listener.local_addr()?, position = %start, "rowcast serving");
@@ -226,6 +239,7 @@ fn router(state: AppState) -> Router {
         .route("/ws", get(hub::ws::handler))
         .route("/events", get(hub::sse::handler))
         .route("/api/changes", get(hub::poll::handler))
+        .merge(crate::webhook::api::routes())
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(socketio)

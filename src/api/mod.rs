@@ -29,6 +29,8 @@ pub struct AppState {
     pub capture: Arc<CaptureStatus>,
     /// Cancelled when the server shuts down: sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// The webhook machinery the API talks to (SSRF guard, worker wake-up).
+    pub webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 /// An error answered to an API client: a status, a stable code and a clean message.

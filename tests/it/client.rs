@@ -111,7 +111,6 @@ async fn js_client_socketio() {
 
 /// The webhook helpers against the real webhook API (issue 4).
 #[tokio::test]
-#[ignore = "needs /api/webhook (issue 4): enable after merging the webhooks branch"]
 async fn js_webhook_helpers_api() {
     // The receiver runs on loopback in the node test: allow it past the SSRF guard.
     let (db, server) = support::start_with(|c| {

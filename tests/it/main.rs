@@ -15,3 +15,5 @@ mod resume;
 mod schema;
 mod slow;
 mod socketio;
+mod webhook_bench;
+mod webhooks;

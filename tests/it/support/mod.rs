@@ -6,6 +6,7 @@ pub mod binary;
 pub mod control;
 pub mod node;
 pub mod process;
+pub mod receiver;
 pub mod ws;
 
 use std::future::Future;

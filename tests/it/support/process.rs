@@ -10,19 +10,30 @@ pub struct Proc {
     pub port: u16,
 }
 
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Proc {
+    /// Starts `rowcast serve` against `database_url` with the test JWT secret on a free
+    /// port, `env` on top.
+    pub async fn serve(database_url: &str, env: &[(&str, &str)]) -> Proc {
+        let mut config = rowcast::Config::default();
+        config.database_url = Some(database_url.to_string());
+        config.jwt.secret = Some(super::SECRET.to_string());
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        Proc::start(&config, 0, &env).await
+    }
+
     /// Starts `rowcast serve` for `config` (database, JWT secret) on `port` (0 = free port)
     /// and waits until `/readyz` answers 200.
     pub async fn start(config: &Config, port: u16, extra_env: &[(&str, String)]) -> Proc {
-        let port = if port == 0 {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        } else {
-            port
-        };
+        let port = if port == 0 { free_port() } else { port };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rowcast"));
         cmd.arg("serve")
             .env("DATABASE_URL", config.database_url.as_deref().unwrap())

@@ -1,0 +1,393 @@
+//! SQL over `rowcast.webhook_deliveries` and `rowcast.webhook_attempts`: enqueue, claim
+//! under a lease, record results in batches, list, replay, prune.
+
+use serde::Serialize;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::endpoints::rfc3339;
+
+/// A delivery to enqueue for one change and one endpoint.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub endpoint_id: Uuid,
+    pub change_seq: i64,
+    pub event_type: String,
+    pub payload: String,
+}
+
+/// Inserts deliveries in one statement. A (change, endpoint) pair already present is left
+/// alone (the unique constraint); returns how many rows were inserted.
+pub async fn enqueue<C: GenericClient>(
+    client: &C,
+    new: &[NewDelivery],
+) -> Result<u64, tokio_postgres::Error> {
+    if new.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
+    let endpoints: Vec<Uuid> = new.iter().map(|d| d.endpoint_id).collect();
+    let seqs: Vec<i64> = new.iter().map(|d| d.change_seq).collect();
+    let types: Vec<&str> = new.iter().map(|d| d.event_type.as_str()).collect();
+    let payloads: Vec<&str> = new.iter().map(|d| d.payload.as_str()).collect();
+    client
+        .execute(
+            "INSERT INTO rowcast.webhook_deliveries
+                (id, endpoint_id, change_seq, event_type, payload)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[])
+             ON CONFLICT ON CONSTRAINT webhook_deliveries_once DO NOTHING",
+            &[&ids, &endpoints, &seqs, &types, &payloads],
+        )
+        .await
+}
+
+/// Enqueues a delivery that belongs to no change (a test send); due now.
+pub async fn enqueue_one<C: GenericClient>(
+    client: &C,
+    endpoint_id: Uuid,
+    event_type: &str,
+    payload: &str,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let id = Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO rowcast.webhook_deliveries (id, endpoint_id, event_type, payload)
+             VALUES ($1, $2, $3, $4)",
+            &[&id, &endpoint_id, &event_type, &payload],
+        )
+        .await?;
+    Ok(id)
+}
+
+/// A delivery claimed by a worker, with what it needs to send it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub payload: String,
+    /// Attempts since (re)scheduling, before this one.
+    pub tries: i32,
+    pub url: String,
+    pub secret: String,
+    /// The previous secret while it is in its grace period.
+    pub old_secret: Option<String>,
+    pub lease: Uuid,
+}
+
+/// Claims up to `limit` due deliveries of enabled endpoints for `lease_secs`, skipping
+/// rows other workers hold. Every claim of this call carries the same new lease id.
+pub async fn claim<C: GenericClient>(
+    client: &C,
+    limit: i64,
+    lease_secs: f64,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let lease = Uuid::new_v4();
+    let rows = client
+        .query(
+            "WITH due AS (
+                SELECT d.id FROM rowcast.webhook_deliveries d
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+                   AND (d.locked_until IS NULL OR d.locked_until < now())
+                   AND EXISTS (SELECT 1 FROM rowcast.webhook_endpoints e
+                                WHERE e.id = d.endpoint_id AND e.enabled)
+                 ORDER BY d.next_attempt_at LIMIT $1
+                 FOR UPDATE OF d SKIP LOCKED),
+             claimed AS (
+                UPDATE rowcast.webhook_deliveries d
+                   SET locked_until = now() + make_interval(secs => $2), lease = $3
+                  FROM due WHERE d.id = due.id
+                RETURNING d.id, d.endpoint_id, d.payload, d.tries)
+             SELECT c.id, c.endpoint_id, c.payload, c.tries, e.url, e.secret,
+                    CASE WHEN e.old_secret_expires_at > now() THEN e.old_secret END
+               FROM claimed c JOIN rowcast.webhook_endpoints e ON e.id = c.endpoint_id",
+            &[&limit, &lease_secs, &lease],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            id: r.get(0),
+            endpoint_id: r.get(1),
+            payload: r.get(2),
+            tries: r.get(3),
+            url: r.get(4),
+            secret: r.get(5),
+            old_secret: r.get(6),
+            lease,
+        })
+        .collect())
+}
+
+/// Gives claimed deliveries back without an attempt (shutdown, endpoint busy).
+pub async fn release<C: GenericClient>(
+    client: &C,
+    claims: &[(Uuid, Uuid)],
+) -> Result<(), tokio_postgres::Error> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.0).collect();
+    let leases: Vec<Uuid> = claims.iter().map(|c| c.1).collect();
+    client
+        .execute(
+            "UPDATE rowcast.webhook_deliveries d SET locked_until = NULL, lease = NULL
+               FROM unnest($1::uuid[], $2::uuid[]) AS r(id, lease)
+              WHERE d.id = r.id AND d.lease = r.lease",
+            &[&ids, &leases],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The result of one attempt, as stored.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub delivery_id: Uuid,
+    pub lease: Uuid,
+    pub attempted_at: time::OffsetDateTime,
+    pub duration_ms: i32,
+    pub status_code: Option<i32>,
+    /// `delivered`, `retry`, `failed`.
+    pub outcome: &'static str,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    /// The delivery's status after this attempt.
+    pub status: &'static str,
+    pub tries: i32,
+    /// Seconds until the next attempt (`retry` only).
+    pub retry_in: Option<f64>,
+}
+
+/// Stores attempts and the deliveries' new states in one transaction's worth of two
+/// statements. A delivery whose lease was taken over meanwhile keeps the newer claim's
+/// state; its attempt is still logged.
+pub async fn record<C: GenericClient>(
+    client: &C,
+    results: &[AttemptResult],
+) -> Result<(), tokio_postgres::Error> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&AttemptResult) -> Option<String>| results.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = results.iter().map(|r| r.delivery_id).collect();
+    let leases: Vec<Uuid> = results.iter().map(|r| r.lease).collect();
+    let at: Vec<time::OffsetDateTime> = results.iter().map(|r| r.attempted_at).collect();
+    let ms: Vec<i32> = results.iter().map(|r| r.duration_ms).collect();
+    let codes: Vec<Option<i32>> = results.iter().map(|r| r.status_code).collect();
+    let outcomes: Vec<&str> = results.iter().map(|r| r.outcome).collect();
+    let errors = col(|r| r.error.clone());
+    let responses = col(|r| r.response.clone());
+    let statuses: Vec<&str> = results.iter().map(|r| r.status).collect();
+    let tries: Vec<i32> = results.iter().map(|r| r.tries).collect();
+    let retry_in: Vec<Option<f64>> = results.iter().map(|r| r.retry_in).collect();
+    client
+        .execute(
+            "INSERT INTO rowcast.webhook_attempts
+                (delivery_id, attempted_at, duration_ms, status_code, outcome, error, response)
+             SELECT u.* FROM unnest($1::uuid[], $2::timestamptz[], $3::int4[], $4::int4[],
+                                    $5::text[], $6::text[], $7::text[]) AS u(d, a, m, c, o, e, r)
+              WHERE EXISTS (SELECT 1 FROM rowcast.webhook_deliveries x WHERE x.id = u.d)",
+            &[&ids, &at, &ms, &codes, &outcomes, &errors, &responses],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE rowcast.webhook_deliveries d SET
+                status = r.status, tries = r.tries, attempts = d.attempts + 1,
+                next_attempt_at = CASE WHEN r.retry_in IS NULL THEN d.next_attempt_at
+                                       ELSE now() + make_interval(secs => r.retry_in) END,
+                locked_until = NULL, lease = NULL,
+                last_status_code = r.code, last_error = r.error, updated_at = now(),
+                delivered_at = CASE WHEN r.status = 'delivered' THEN now() END
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::float8[],
+                           $6::int4[], $7::text[]) AS r(id, lease, status, tries, retry_in, code, error)
+              WHERE d.id = r.id AND d.lease = r.lease",
+            &[&ids, &leases, &statuses, &tries, &retry_in, &codes, &errors],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_type: String,
+    /// `seq` of the change it carries (`null` for test sends).
+    pub seq: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: Option<String>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<Attempt>>,
+}
+
+/// One stored attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub attempted_at: String,
+    pub duration_ms: i32,
+    pub status_code: Option<i32>,
+    pub outcome: String,
+    pub error: Option<String>,
+    /// The first 4 KiB of the response body.
+    pub response: Option<String>,
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_type, d.change_seq, \
+     d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, \
+     d.delivered_at";
+
+fn delivery(r: &Row) -> Delivery {
+    let seq: Option<i64> = r.get(3);
+    let status: String = r.get(4);
+    Delivery {
+        id: r.get(0),
+        endpoint_id: r.get(1),
+        event_type: r.get(2),
+        seq: seq.map(|s| s.to_string()),
+        next_attempt_at: (status == "pending").then(|| rfc3339(r.get(6))),
+        status,
+        attempts: r.get(5),
+        last_status_code: r.get(7),
+        last_error: r.get(8),
+        created_at: rfc3339(r.get(9)),
+        delivered_at: r.get::<_, Option<time::OffsetDateTime>>(10).map(rfc3339),
+        payload: None,
+        attempt_log: None,
+    }
+}
+
+/// Deliveries newest first, optionally of one status, endpoint, or user's endpoints only.
+pub async fn list<C: GenericClient>(
+    client: &C,
+    owner: Option<&str>,
+    status: Option<&str>,
+    endpoint: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Delivery>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM rowcast.webhook_deliveries d
+                   JOIN rowcast.webhook_endpoints e ON e.id = d.endpoint_id
+                  WHERE ($1::text IS NULL OR e.user_id = $1)
+                    AND ($2::text IS NULL OR d.status = $2)
+                    AND ($3::uuid IS NULL OR d.endpoint_id = $3)
+                  ORDER BY d.id DESC LIMIT $4"
+            ),
+            &[&owner, &status, &endpoint, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(delivery).collect())
+}
+
+/// One delivery with its payload and attempts, if visible to `owner` (`None`: admin).
+pub async fn get<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+    owner: Option<&str>,
+) -> Result<Option<Delivery>, tokio_postgres::Error> {
+    let Some(row) = client
+        .query_opt(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS}, d.payload FROM rowcast.webhook_deliveries d
+                   JOIN rowcast.webhook_endpoints e ON e.id = d.endpoint_id
+                  WHERE d.id = $1 AND ($2::text IS NULL OR e.user_id = $2)"
+            ),
+            &[&id, &owner],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut d = delivery(&row);
+    let payload: String = row.get(11);
+    d.payload = serde_json::from_str(&payload).ok();
+    let attempts = client
+        .query(
+            "SELECT attempted_at, duration_ms, status_code, outcome, error, response
+               FROM rowcast.webhook_attempts WHERE delivery_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?;
+    d.attempt_log = Some(
+        attempts
+            .iter()
+            .map(|r| Attempt {
+                attempted_at: rfc3339(r.get(0)),
+                duration_ms: r.get(1),
+                status_code: r.get(2),
+                outcome: r.get(3),
+                error: r.get(4),
+                response: r.get(5),
+            })
+            .collect(),
+    );
+    Ok(Some(d))
+}
+
+/// Schedules a delivery again now with a fresh retry schedule (a replay); a delivered or
+/// failed one goes back to `pending`. A delivery in flight is left to its worker.
+/// Returns `None` when not found (or not `owner`'s), `Some(false)` when in flight.
+pub async fn retry<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+    owner: Option<&str>,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "WITH target AS (
+                SELECT d.id, d.locked_until > now() AS busy FROM rowcast.webhook_deliveries d
+                  JOIN rowcast.webhook_endpoints e ON e.id = d.endpoint_id
+                 WHERE d.id = $1 AND ($2::text IS NULL OR e.user_id = $2)),
+             done AS (
+                UPDATE rowcast.webhook_deliveries d
+                   SET status = 'pending', tries = 0, next_attempt_at = now(), updated_at = now(),
+                       delivered_at = NULL
+                  FROM target t WHERE d.id = t.id AND NOT COALESCE(t.busy, false)
+                RETURNING d.id)
+             SELECT (SELECT count(*) FROM done) > 0 FROM target",
+            &[&id, &owner],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Deletes up to `batch` delivered deliveries older than `age_secs` (their attempts go
+/// with them). Returns how many.
+pub async fn prune<C: GenericClient>(
+    client: &C,
+    age_secs: f64,
+    batch: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM rowcast.webhook_deliveries WHERE id IN (
+                SELECT id FROM rowcast.webhook_deliveries
+                 WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+                 LIMIT $2)",
+            &[&age_secs, &batch],
+        )
+        .await
+}
+
+/// Deliveries by status, for the depth gauge.
+pub async fn depth<C: GenericClient>(
+    client: &C,
+) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT status, count(*) FROM rowcast.webhook_deliveries GROUP BY status",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

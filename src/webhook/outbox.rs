@@ -1,0 +1,165 @@
+//! The outbox writer: turns change-log rows into deliveries exactly once per
+//! (change, endpoint), whatever the number of replicas.
+//!
+//! One transaction locks the `outbox` cursor row (`FOR UPDATE SKIP LOCKED`: a replica that
+//! finds it locked skips, another is enqueueing), reads the changes after it, enriches and
+//! routes them, inserts the deliveries and advances the cursor, then commits. A crash does
+//! both or neither; the unique (change, endpoint) constraint backs this up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_postgres::GenericClient;
+use tokio_util::sync::CancellationToken;
+
+use super::WebhookError;
+use super::deliveries::{self, NewDelivery};
+use super::endpoints;
+use crate::capture::log;
+use crate::enrich::Enricher;
+use crate::event::Position;
+
+/// Name of the cursor row in `rowcast.cursors`.
+pub const CURSOR: &str = "outbox";
+
+/// Creates the cursor at `start` if there is none, so webhooks cover every change from
+/// the first start of rowcast on. Safe from many replicas at once.
+pub async fn init_cursor<C: GenericClient>(
+    client: &C,
+    start: Position,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO rowcast.cursors (name, seq) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING",
+            &[&CURSOR, &start.0],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What one enqueue step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Another replica holds the cursor.
+    Busy,
+    /// Nothing new after the cursor.
+    Idle,
+    /// Read `changes` changes and inserted `deliveries` deliveries.
+    Wrote { changes: usize, deliveries: u64 },
+}
+
+/// Runs one enqueue transaction (see the module docs).
+pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, WebhookError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT seq FROM rowcast.cursors WHERE name = $1 FOR UPDATE SKIP LOCKED",
+            &[&CURSOR],
+        )
+        .await?
+    else {
+        return Ok(Step::Busy);
+    };
+    let after = Position(row.get(0));
+    let changes = log::read_after(&*tx, after, batch).await?;
+    let Some(last) = changes.last().map(|c| c.pos) else {
+        return Ok(Step::Idle);
+    };
+    let routes = endpoints::routes(&*tx).await?;
+    let mut new = Vec::new();
+    if !routes.is_empty() {
+        let events = enricher.enrich(&changes).await?;
+        for e in &events {
+            for r in routes
+                .iter()
+                .filter(|r| r.wants(&e.event_type, e.recipient.as_deref()))
+            {
+                new.push(NewDelivery {
+                    endpoint_id: r.id,
+                    change_seq: e.seq.0,
+                    event_type: e.event_type.clone(),
+                    payload: e.payload.get().to_string(),
+                });
+            }
+        }
+    }
+    let inserted = deliveries::enqueue(&*tx, &new).await?;
+    if inserted < new.len() as u64 {
+        // Only possible if two writers enqueued the same change: the constraint held.
+        metrics::counter!("rowcast_webhook_enqueue_conflicts_total")
+            .increment(new.len() as u64 - inserted);
+        tracing::warn!(
+            planned = new.len(),
+            inserted,
+            "some deliveries were already enqueued; the unique constraint kept them single"
+        );
+    }
+    tx.execute(
+        "UPDATE rowcast.cursors SET seq = $2, updated_at = now() WHERE name = $1",
+        &[&CURSOR, &last.0],
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("rowcast_webhook_enqueued_total").increment(inserted);
+    Ok(Step::Wrote {
+        changes: changes.len(),
+        deliveries: inserted,
+    })
+}
+
+/// Runs the writer until `stop`: woken by capture's `after_batch` and by a timer; after
+/// writing it pokes `enqueued` so workers claim at once.
+pub async fn run(
+    pool: Pool,
+    enricher: Enricher,
+    batch: i64,
+    interval: Duration,
+    after_batch: Arc<Notify>,
+    enqueued: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = after_batch.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+        // Drain: keep stepping while full batches come back.
+        loop {
+            match step(&pool, &enricher, batch).await {
+                Ok(Step::Wrote {
+                    changes,
+                    deliveries,
+                }) => {
+                    failures = 0;
+                    if deliveries > 0 {
+                        enqueued.notify_one();
+                    }
+                    if (changes as i64) < batch || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Ok(Step::Busy | Step::Idle) => {
+                    failures = 0;
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!("rowcast_webhook_enqueue_errors_total").increment(1);
+                    tracing::warn!(error = %e, failures, "webhook enqueue failed; will retry");
+                    let delay = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
