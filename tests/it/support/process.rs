@@ -23,8 +23,10 @@ impl Proc {
     /// Starts `rowcast serve` against `database_url` with the test JWT secret on a free
     /// port, `env` on top.
     pub async fn serve(database_url: &str, env: &[(&str, &str)]) -> Proc {
-        let mut config = rowcast::Config::default();
-        config.database_url = Some(database_url.to_string());
+        let mut config = rowcast::Config {
+            database_url: Some(database_url.to_string()),
+            ..Default::default()
+        };
         config.jwt.secret = Some(super::SECRET.to_string());
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
         Proc::start(&config, 0, &env).await
