@@ -16,12 +16,21 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Targets capped at `info` whatever the configured level: at `debug` they log statement
+/// parameters, which carry webhook secrets and row values.
+const NEVER_DEBUG: &[&str] = &["tokio_postgres::query", "tokio_postgres::prepare"];
+
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level. Safe to
 /// call more than once (later calls do nothing).
 pub fn init_logs(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in NEVER_DEBUG {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -173,8 +173,40 @@ async fn logs_of_a_full_run_are_json_and_hold_no_secret() {
     let password = "pw-Zq7Xv3Lr9Kd2";
     let hidden = "argon2id$hidden-4f1c9e77b2";
     let (db, url) = db_with_password(password).await;
-    let mut rc = Rowcast::spawn(&url, &[("ROWCAST_LOG_LEVEL", "debug")]).await;
+    let mut rc = Rowcast::spawn(
+        &url,
+        &[
+            ("ROWCAST_LOG_LEVEL", "debug"),
+            ("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ("ROWCAST_WEBHOOK_RETRY_SCHEDULE", "100ms"),
+        ],
+    )
+    .await;
     let token = token("1", "agent");
+    // A webhook endpoint (its secret must never be logged) and a delivery that fails.
+    let http = reqwest::Client::new();
+    let endpoint: Value = http
+        .put(format!("{}/api/webhook", rc.http()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "url": format!("http://127.0.0.1:{}/hook", crate::support::process::free_port()) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let whsec = endpoint["secret"]
+        .as_str()
+        .expect("the endpoint's secret")
+        .to_string();
+    assert!(whsec.starts_with("whsec_"), "{endpoint}");
+    let sent = http
+        .post(format!("{}/api/webhook/test", rc.http()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success());
 
     let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}"))).await;
     c.join("users").await;
@@ -223,6 +255,11 @@ async fn logs_of_a_full_run_are_json_and_hold_no_secret() {
             ("the JWT signature", signature),
             ("the database password", password),
             ("a hidden column", hidden),
+            ("the webhook secret", whsec.as_str()),
+            (
+                "the webhook secret's key",
+                whsec.trim_start_matches("whsec_"),
+            ),
         ] {
             assert!(
                 !line.contains(secret),

@@ -15,6 +15,7 @@ pub struct Rowcast {
     child: Child,
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     _dir: TempDir,
 }
 
@@ -60,20 +61,21 @@ impl Rowcast {
             let mut child = cmd.spawn().expect("start the rowcast binary");
             let lines = Arc::new(Mutex::new(Vec::new()));
             let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+            let mut readers = Vec::new();
             for stream in [
                 Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
                 Box::new(child.stderr.take().expect("stderr")),
             ] {
                 let lines = lines.clone();
                 let addr_tx = addr_tx.clone();
-                std::thread::spawn(move || {
+                readers.push(std::thread::spawn(move || {
                     for line in BufReader::new(stream).lines().map_while(Result::ok) {
                         if let Some(addr) = serving_addr(&line) {
                             let _ = addr_tx.send(addr);
                         }
                         lines.lock().unwrap().push(line);
                     }
-                });
+                }));
             }
             let started = Instant::now();
             let addr = loop {
@@ -93,6 +95,7 @@ impl Rowcast {
                 child,
                 addr,
                 lines,
+                readers,
                 _dir: dir,
             };
             let url = format!("{}/readyz", rc.http());
@@ -139,9 +142,17 @@ impl Rowcast {
             let started = Instant::now();
             loop {
                 if let Some(status) = self.child.try_wait().unwrap() {
-                    // Let the reader threads drain the last lines.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    return (status, started.elapsed());
+                    let took = started.elapsed();
+                    // The pipes close with the process: wait until every line is read.
+                    let readers = std::mem::take(&mut self.readers);
+                    tokio::task::spawn_blocking(move || {
+                        for r in readers {
+                            let _ = r.join();
+                        }
+                    })
+                    .await
+                    .unwrap();
+                    return (status, took);
                 }
                 if started.elapsed() > within {
                     let _ = self.child.kill();
