@@ -25,7 +25,9 @@ const SECTIONS: &[&str] = &[
     "http",
 ];
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` is written by hand: the database URL's password is redacted, so printing a
+/// configuration never leaks it.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// PostgreSQL connection string of the application database.
@@ -51,6 +53,46 @@ pub struct Config {
     pub rooms: BTreeMap<String, RoomConfig>,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.database_url.as_deref().map(redact_url);
+        f.debug_struct("Config")
+            .field("database_url", &url)
+            .field("listen", &self.listen)
+            .field("pool_size", &self.pool_size)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("jwt", &self.jwt)
+            .field("log", &self.log)
+            .field("capture", &self.capture)
+            .field("hub", &self.hub)
+            .field("retention", &self.retention)
+            .field("webhook", &self.webhook)
+            .field("http", &self.http)
+            .field("tables", &self.tables)
+            .field("rooms", &self.rooms)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db` (key=value strings:
+/// `password=***`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+    {
+        let user = userinfo.split(':').next().unwrap_or("");
+        let hidden = if userinfo.contains(':') { ":***" } else { "" };
+        return format!("{scheme}://{user}{hidden}@{host}");
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -71,7 +113,8 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` redacts the secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
     /// HS256 shared secret.
@@ -86,6 +129,19 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("public_key_file", &self.public_key_file)
+            .field("role_claim", &self.role_claim)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
 }
 
 impl Default for JwtConfig {
@@ -739,6 +795,26 @@ mod tests {
         ] {
             assert!(!is_service_link(key), "{key}");
         }
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut c = Config::default();
+        c.database_url = Some("postgres://app:s3cr3t-pw@db:5432/helpdesk".into());
+        c.jwt.secret = Some("jwt-secret-0123456789".into());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cr3t-pw") && !shown.contains("jwt-secret-0123456789"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://app:***@db:5432/helpdesk"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("host=db user=app password=x dbname=h"),
+            "host=db user=app password=*** dbname=h"
+        );
     }
 
     #[test]
