@@ -799,8 +799,10 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_secrets() {
-        let mut c = Config::default();
-        c.database_url = Some("postgres://app:s3cr3t-pw@db:5432/helpdesk".into());
+        let mut c = Config {
+            database_url: Some("postgres://app:s3cr3t-pw@db:5432/helpdesk".into()),
+            ..Config::default()
+        };
         c.jwt.secret = Some("jwt-secret-0123456789".into());
         let shown = format!("{c:?}");
         assert!(
