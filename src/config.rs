@@ -32,6 +32,9 @@ const SECTIONS: &[&str] = &[
 pub struct Config {
     /// PostgreSQL connection string of the application database.
     pub database_url: Option<String>,
+    /// CA certificate(s) (PEM) the database server's certificate must chain to; without
+    /// it TLS (per the URL's `sslmode`) encrypts but does not verify, like libpq.
+    pub database_ca_file: Option<PathBuf>,
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
     /// Connections in rowcast's pool (enrichment, API, webhooks), besides capture's own.
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Config {
         let url = self.database_url.as_deref().map(redact_url);
         f.debug_struct("Config")
             .field("database_url", &url)
+            .field("database_ca_file", &self.database_ca_file)
             .field("listen", &self.listen)
             .field("pool_size", &self.pool_size)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -97,6 +101,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: None,
+            database_ca_file: None,
             listen: "0.0.0.0:8080".parse().expect("valid default address"),
             pool_size: 16,
             shutdown_timeout: Duration::from_secs(10),
@@ -468,6 +473,14 @@ impl Config {
         {
             problems.push(format!(
                 "jwt.public_key_file {} does not exist",
+                path.display()
+            ));
+        }
+        if let Some(path) = &self.database_ca_file
+            && !path.exists()
+        {
+            problems.push(format!(
+                "database_ca_file {} does not exist",
                 path.display()
             ));
         }

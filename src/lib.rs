@@ -9,6 +9,7 @@ pub mod api;
 pub mod capture;
 pub mod config;
 pub mod console;
+pub mod db;
 pub mod demo;
 pub mod enrich;
 pub mod event;

@@ -114,14 +114,13 @@ async fn connect(
     config: &Config,
 ) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
     let url = config.require_database_url()?;
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to the database: {}",
-                rowcast::telemetry::error_chain(&e)
-            )
-        })?;
+    let tls = rowcast::db::tls(config.database_ca_file.as_deref())?;
+    let (client, connection) = tokio_postgres::connect(url, tls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the database: {}",
+            rowcast::telemetry::error_chain(&e)
+        )
+    })?;
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });

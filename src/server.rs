@@ -8,7 +8,6 @@ use axum::routing::get;
 use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +39,8 @@ pub enum RunError {
     Webhook(#[from] crate::webhook::WebhookError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::db::TlsError),
 }
 
 /// A connection pool for the configured database.
@@ -52,7 +53,7 @@ pub fn pool(config: &Config) -> Result<Pool, RunError> {
     })?;
     let manager = deadpool_postgres::Manager::from_config(
         pg,
-        NoTls,
+        crate::db::tls(config.database_ca_file.as_deref())?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -113,6 +114,7 @@ pub async fn run(
         Capture {
             config: config.capture.clone(),
             database_url: config.require_database_url()?.to_string(),
+            tls: crate::db::tls(config.database_ca_file.as_deref())?,
             enricher: enricher.clone(),
             hub: hub.clone(),
             status: status.clone(),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CaptureConfig;
@@ -85,6 +85,7 @@ impl CaptureStatus {
 pub struct Capture {
     pub config: CaptureConfig,
     pub database_url: String,
+    pub tls: crate::db::Tls,
     pub enricher: Enricher,
     pub hub: Arc<Hub>,
     pub status: Arc<CaptureStatus>,
@@ -143,7 +144,7 @@ impl Capture {
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
         let (mut client, mut connection) =
-            tokio_postgres::connect(&self.database_url, NoTls).await?;
+            tokio_postgres::connect(&self.database_url, self.tls.clone()).await?;
         let wake = Arc::new(Notify::new());
         let conn_wake = wake.clone();
         let lost = CancellationToken::new();

@@ -15,5 +15,6 @@ mod resume;
 mod schema;
 mod slow;
 mod socketio;
+mod tls;
 mod webhook_bench;
 mod webhooks;
