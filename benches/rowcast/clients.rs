@@ -60,6 +60,18 @@ pub async fn hub_position(url: &str) -> i64 {
         .expect("welcome has a seq")
 }
 
+/// The next Socket.IO packet, answering engine.io pings on the way.
+async fn next_packet(ws: &mut Ws) -> String {
+    loop {
+        let t = next_text(ws).await;
+        if t == "2" {
+            ws.send(Message::Text("3".into())).await.expect("pong");
+            continue;
+        }
+        return t;
+    }
+}
+
 /// A Socket.IO v4 client speaking the wire protocol directly (engine.io v4 over WebSocket,
 /// default namespace), joined to `room`. Cheap enough for 10,000 in one process.
 pub async fn socketio(port: u16, token: &str, room: &str) -> Ws {
@@ -71,12 +83,12 @@ pub async fn socketio(port: u16, token: &str, room: &str) -> Ws {
     assert!(open.starts_with('0'), "engine.io open packet: {open}");
     let connect = format!("40{}", serde_json::json!({ "token": token }));
     ws.send(Message::Text(connect.into())).await.expect("send");
-    let ok = next_text(&mut ws).await;
+    let ok = next_packet(&mut ws).await;
     assert!(ok.starts_with("40"), "Socket.IO connect: {ok}");
     let join = format!("421{}", serde_json::json!(["join", room]));
     ws.send(Message::Text(join.into())).await.expect("send");
     loop {
-        let ack = next_text(&mut ws).await;
+        let ack = next_packet(&mut ws).await;
         if ack.starts_with("431") {
             assert!(ack.contains("\"ok\":true"), "join: {ack}");
             return ws;
@@ -151,6 +163,10 @@ impl NodeClients {
             .expect("read node output");
         assert_eq!(ready.as_deref(), Some("ready"), "node clients: {ready:?}");
         NodeClients { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
     }
 
     /// Ends the clients and returns every `(key, epoch ms)` they received.

@@ -45,20 +45,22 @@ pub struct Outcome {
     pub lat: Vec<f64>,
     pub rss_mb: f64,
     pub rowcast_cpu: f64,
+    /// CPU seconds of the clients (node, or this process for `/ws`).
+    pub client_cpu: f64,
     pub seconds: u64,
 }
 
 pub fn header() {
     println!(
-        "| transport | clients | updates/s | events expected | delivered | ratio | p50 ms | p90 ms | p99 ms | max ms | rowcast CPU % | rowcast RSS MB | load |"
+        "| transport | clients | updates/s | events expected | delivered | ratio | p50 ms | p90 ms | p99 ms | max ms | rowcast CPU % | clients CPU % | rowcast RSS MB | load |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 }
 
 pub fn row(o: &Outcome) {
     let l = &o.lat;
     println!(
-        "| {} | {} | {} | {} | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} |",
+        "| {} | {} | {} | {} | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
         o.via.name(),
         o.clients,
         o.rate,
@@ -70,6 +72,7 @@ pub fn row(o: &Outcome) {
         setup::percentile(l, 0.99),
         l.last().copied().unwrap_or(f64::NAN),
         o.rowcast_cpu / o.seconds.max(1) as f64 * 100.0,
+        o.client_cpu / o.seconds.max(1) as f64 * 100.0,
         o.rss_mb,
         setup::load_avg(),
     );
@@ -108,12 +111,14 @@ pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
         }
     }
 
-    let cpu0 = rc.cpu_secs();
+    let client_pid = node.as_ref().map_or(std::process::id(), NodeClients::pid);
+    let (cpu0, client0) = (rc.cpu_secs(), setup::cpu_secs(client_pid));
     let perf = setup::Perf::attach(rc.pid());
     let commits = write(&db, rate, seconds).await;
     drop(perf);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rowcast_cpu = rc.cpu_secs() - cpu0;
+    let client_cpu = setup::cpu_secs(client_pid) - client0;
     let rss_mb = rc.rss_mb();
 
     let received: Vec<(u64, f64)> = match node {
@@ -142,6 +147,7 @@ pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
         lat,
         rss_mb,
         rowcast_cpu,
+        client_cpu,
         seconds,
     }
 }

@@ -19,7 +19,11 @@ pub async fn run(n: usize) {
         "| transport | connections | RSS before MB | RSS with connections MB | KiB per connection | target ≤ 150 MB |"
     );
     println!("|---|---|---|---|---|---|");
+    let only_sio = std::env::var("BENCH_ONLY_SOCKETIO").is_ok();
     for sio in [false, true] {
+        if only_sio && !sio {
+            continue;
+        }
         let rc = Rowcast::start(&config, &[]);
         let token = setup::token(&config);
         // Warm up the server's paths once so the baseline includes their one-off allocations.

@@ -88,7 +88,17 @@ impl Rowcast {
             .local_addr()
             .expect("addr")
             .port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rowcast"));
+        // `BENCH_WRAP="valgrind --tool=massif"` runs rowcast under a tool.
+        let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(wrap).arg(env!("CARGO_BIN_EXE_rowcast"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rowcast")),
+        };
         cmd.arg("serve")
             .env("DATABASE_URL", config.database_url.as_deref().expect("url"))
             .env("ROWCAST_JWT_SECRET", SECRET)
@@ -101,7 +111,7 @@ impl Rowcast {
         }
         let child = cmd.spawn().expect("start rowcast");
         let r = Rowcast { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "rowcast did not start");
             std::thread::sleep(Duration::from_millis(50));
@@ -176,6 +186,15 @@ impl Drop for Perf {
 
 impl Drop for Rowcast {
     fn drop(&mut self) {
+        if std::env::var_os("BENCH_WRAP").is_some() {
+            // Let the tool write its output: SIGTERM (graceful shutdown), then wait.
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
