@@ -5,17 +5,20 @@
 //! commit) as wall-clock epoch milliseconds; clients note the receive time on the same clock
 //! (Rust `SystemTime` here, `performance.timeOrigin + performance.now()` in node). Latency
 //! is receive minus commit; the rare event that arrives before the acknowledgement counts
-//! as 0.
+//! as 0. One second of uncounted warm-up traffic comes first.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use rowcast::pgtemp::{PgTemp, PgTempOptions};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{self, NodeClients};
 use crate::setup::{self, Rowcast};
+
+/// Sockets per node process.
+const NODE_CLIENTS: usize = 100;
 
 /// Rows the writer cycles through (an update's key is distinct within any capture batch).
 const ROWS: u64 = 1000;
@@ -24,6 +27,9 @@ const ROWS: u64 = 1000;
 pub enum Via {
     Ws,
     SocketIo,
+    /// Socket.IO spoken by Rust clients in this process (engine.io v4 wire protocol): tells
+    /// rowcast's share of the Socket.IO latency from node's.
+    SocketIoWire,
 }
 
 impl Via {
@@ -31,6 +37,7 @@ impl Via {
         match self {
             Via::Ws => "/ws",
             Via::SocketIo => "Socket.IO (npm socket.io-client)",
+            Via::SocketIoWire => "Socket.IO (Rust wire clients)",
         }
     }
 }
@@ -87,19 +94,26 @@ pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
     let url = rc.ws_url(&format!("token={token}&rooms=tickets"));
 
     let mut ws_tasks = Vec::new();
-    let mut node = None;
+    let mut node: Vec<NodeClients> = Vec::new();
     match via {
-        Via::Ws => {
-            let conns = clients::many(clients, 32, |_| clients::ws(&url)).await;
+        Via::Ws | Via::SocketIoWire => {
+            let port = rc.port;
+            let conns = if via == Via::Ws {
+                clients::many(clients, 32, |_| clients::ws(&url)).await
+            } else {
+                clients::many(clients, 32, |_| clients::socketio(port, &token, "tickets")).await
+            };
             for mut ws in conns {
                 ws_tasks.push(tokio::spawn(async move {
                     let mut got: Vec<(u64, f64)> = Vec::new();
                     while let Some(Ok(m)) = ws.next().await {
                         let t = setup::epoch_ms();
-                        if let Message::Text(text) = m
-                            && let Some(k) = clients::bench_key(text.as_str())
-                        {
+                        let Message::Text(text) = m else { continue };
+                        if let Some(k) = clients::bench_key(text.as_str()) {
                             got.push((k, t));
+                        } else if text.as_str() == "2" {
+                            // engine.io ping
+                            let _ = ws.send(Message::Text("3".into())).await;
                         }
                     }
                     got
@@ -107,32 +121,54 @@ pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
             }
         }
         Via::SocketIo => {
-            node = Some(NodeClients::start(&rc.base(), &token, clients, "tickets").await);
+            // One node process per NODE_CLIENTS sockets: a browser tab holds one socket, and a
+            // single event loop parsing every client's frames would measure node's queueing.
+            let procs = clients.div_ceil(NODE_CLIENTS);
+            for i in 0..procs {
+                let n = clients / procs + usize::from(i < clients % procs);
+                node.push(NodeClients::start(&rc.base(), &token, n, "tickets").await);
+            }
         }
     }
 
-    let client_pid = node.as_ref().map_or(std::process::id(), NodeClients::pid);
-    let (cpu0, client0) = (rc.cpu_secs(), setup::cpu_secs(client_pid));
+    let client_pids: Vec<u32> = if node.is_empty() {
+        vec![std::process::id()]
+    } else {
+        node.iter().map(NodeClients::pid).collect()
+    };
+    let clients_cpu = || client_pids.iter().map(|p| setup::cpu_secs(*p)).sum::<f64>();
+    // Warm-up (JIT in node, first allocations, connection pools): one second of the same
+    // traffic whose events are not counted (their subject does not start with `b`).
+    warm_up(&db, rate).await;
+    let (cpu0, client0) = (rc.cpu_secs(), clients_cpu());
     let perf = setup::Perf::attach(rc.pid());
     let commits = write(&db, rate, seconds).await;
     drop(perf);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rowcast_cpu = rc.cpu_secs() - cpu0;
-    let client_cpu = setup::cpu_secs(client_pid) - client0;
+    let client_cpu = clients_cpu() - client0;
     let rss_mb = rc.rss_mb();
 
-    let received: Vec<(u64, f64)> = match node {
-        Some(n) => n.finish().await,
-        None => {
-            // Closing rowcast ends every client's stream; each task returns what it saw.
-            drop(rc);
-            let mut all = Vec::new();
-            for t in ws_tasks {
-                all.extend(t.await.unwrap_or_default());
-            }
-            all
+    let mut received: Vec<(u64, f64)> = Vec::new();
+    if node.is_empty() {
+        // Closing rowcast ends every client's stream; each task returns what it saw.
+        drop(rc);
+        for t in ws_tasks {
+            received.extend(t.await.unwrap_or_default());
         }
-    };
+    } else {
+        for n in node {
+            received.extend(n.finish().await);
+        }
+    }
+    if let Some(path) = std::env::var_os("BENCH_DUMP") {
+        // `key commit_ms receive_ms` per received event, to see when the slow ones happen.
+        let text: String = received
+            .iter()
+            .filter_map(|(k, t)| commits.get(k).map(|c| format!("{k} {c:.3} {t:.3}\n")))
+            .collect();
+        std::fs::write(path, text).expect("write BENCH_DUMP");
+    }
     let mut lat: Vec<f64> = received
         .iter()
         .filter_map(|(k, t)| commits.get(k).map(|c| (t - c).max(0.0)))
@@ -150,6 +186,20 @@ pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
         client_cpu,
         seconds,
     }
+}
+
+async fn warm_up(db: &tokio_postgres::Client, rate: u64) {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    for k in 0..rate {
+        tick.tick().await;
+        db.execute(
+            "UPDATE tickets SET subject = $1 WHERE id = $2",
+            &[&format!("w{k}"), &((k % ROWS) as i64 + 1)],
+        )
+        .await
+        .expect("update");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// `rate` single-row updates per second for `seconds`, each its own transaction; returns

@@ -5,8 +5,10 @@
 //! Scenarios:
 //! - `capture-overhead`: pgbench single-row UPDATE, 8 clients — no triggers, triggers only,
 //!   triggers with rowcast consuming.
-//! - `latency [--transport ws|socketio] [--clients N] [--rate R] [--seconds S]`: N clients
-//!   in `tickets`, R updates/s — delivered ratio and commit→client latency percentiles.
+//! - `latency [--transport ws|socketio|socketio-wire] [--clients N] [--rate R] [--seconds S]`:
+//!   N clients in `tickets`, R updates/s — delivered ratio and commit→client latency
+//!   percentiles (`socketio` = the npm client in node, `socketio-wire` = Socket.IO spoken by
+//!   Rust clients in the bench process; default: all three).
 //! - `targets`: the latency targets of issues 2 and 3 (50 `/ws` × 200/s, 200 Socket.IO ×
 //!   500/s) and 200 `/ws` × 500/s.
 //! - `fanout [--clients N]`: events delivered per second at 1k, 5k and 10k clients.
@@ -59,7 +61,8 @@ fn parse_args() -> Args {
                 a.transport = Some(match value(&arg).as_str() {
                     "ws" => Via::Ws,
                     "socketio" => Via::SocketIo,
-                    other => panic!("--transport is ws or socketio, not {other:?}"),
+                    "socketio-wire" => Via::SocketIoWire,
+                    other => panic!("--transport is ws, socketio or socketio-wire, not {other:?}"),
                 })
             }
             s if !s.starts_with('-') => a.scenario = s.to_string(),
@@ -78,7 +81,7 @@ fn main() {
     let latency = |via: Option<Via>, clients: usize, rate: u64| {
         let vias = match via {
             Some(v) => vec![v],
-            None => vec![Via::Ws, Via::SocketIo],
+            None => vec![Via::Ws, Via::SocketIo, Via::SocketIoWire],
         };
         println!("\n## latency ({seconds} s per run)\n");
         latency::header();
@@ -94,6 +97,7 @@ fn main() {
             (Via::Ws, 50, 200),
             (Via::Ws, 200, 500),
             (Via::SocketIo, 200, 500),
+            (Via::SocketIoWire, 200, 500),
         ] {
             let o = rt.block_on(latency::run(via, clients, rate, seconds));
             latency::row(&o);
