@@ -14,7 +14,7 @@ pub fn pgbench(pg: &PgTemp, seconds: u64) -> f64 {
         &script,
         "\\set id random(1, 10000)\nUPDATE tickets SET updated_at = now() WHERE id = :id;\n",
     )
-    .unwrap();
+    .expect("write the pgbench script");
     let out = Command::new(pg.bin_dir().join("pgbench"))
         .args([
             "-n",
