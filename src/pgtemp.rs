@@ -233,7 +233,7 @@ impl Drop for PgTemp {
 }
 
 /// `ROWCAST_PG_BIN`, else `/usr/lib/postgresql/<newest>/bin`, else `initdb` on `PATH`.
-fn find_bin_dir() -> Option<PathBuf> {
+pub fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("ROWCAST_PG_BIN") {
         let dir = PathBuf::from(dir);
         return dir.join("initdb").exists().then_some(dir);

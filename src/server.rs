@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -146,6 +147,14 @@ pub async fn run(
     let app = router(state);
     tracing::info!(listen = %listener.local_addr()?, position = %start, "rowcast serving");
     let http_shutdown = shutdown.clone();
+    // TCP_NODELAY: an event written while the client has not yet acknowledged the previous
+    // one would otherwise wait for its delayed ACK (40 ms on Linux) under Nagle's algorithm;
+    // that was the p99 of the latency benchmark (docs/benchmarks.md).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
     let mut served = tokio::spawn(async move { server.await });

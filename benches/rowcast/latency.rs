@@ -1,0 +1,223 @@
+//! `latency`: N clients in `tickets` (over `/ws` or the real npm `socket.io-client`), R
+//! single-row updates per second for S seconds → delivered ratio and commit→client latency.
+//!
+//! The writer notes each update's commit time (the moment PostgreSQL acknowledged the
+//! commit) as wall-clock epoch milliseconds; clients note the receive time on the same clock
+//! (Rust `SystemTime` here, `performance.timeOrigin + performance.now()` in node). Latency
+//! is receive minus commit; the rare event that arrives before the acknowledgement counts
+//! as 0. One second of uncounted warm-up traffic comes first.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rowcast::pgtemp::{PgTemp, PgTempOptions};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::clients::{self, NodeClients};
+use crate::setup::{self, Rowcast};
+
+/// Sockets per node process.
+const NODE_CLIENTS: usize = 100;
+
+/// Rows the writer cycles through (an update's key is distinct within any capture batch).
+const ROWS: u64 = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Via {
+    Ws,
+    SocketIo,
+    /// Socket.IO spoken by Rust clients in this process (engine.io v4 wire protocol): tells
+    /// rowcast's share of the Socket.IO latency from node's.
+    SocketIoWire,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Ws => "/ws",
+            Via::SocketIo => "Socket.IO (npm socket.io-client)",
+            Via::SocketIoWire => "Socket.IO (Rust wire clients)",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub via: Via,
+    pub clients: usize,
+    pub rate: u64,
+    pub expected: usize,
+    pub delivered: usize,
+    /// Sorted latencies in ms.
+    pub lat: Vec<f64>,
+    pub rss_mb: f64,
+    pub rowcast_cpu: f64,
+    /// CPU seconds of the clients (node, or this process for `/ws`).
+    pub client_cpu: f64,
+    pub seconds: u64,
+}
+
+pub fn header() {
+    println!(
+        "| transport | clients | updates/s | events expected | delivered | ratio | p50 ms | p90 ms | p99 ms | max ms | rowcast CPU % | clients CPU % | rowcast RSS MB | load |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+}
+
+pub fn row(o: &Outcome) {
+    let l = &o.lat;
+    println!(
+        "| {} | {} | {} | {} | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
+        o.via.name(),
+        o.clients,
+        o.rate,
+        o.expected,
+        o.delivered,
+        o.delivered as f64 / o.expected.max(1) as f64,
+        setup::percentile(l, 0.5),
+        setup::percentile(l, 0.9),
+        setup::percentile(l, 0.99),
+        l.last().copied().unwrap_or(f64::NAN),
+        o.rowcast_cpu / o.seconds.max(1) as f64 * 100.0,
+        o.client_cpu / o.seconds.max(1) as f64 * 100.0,
+        o.rss_mb,
+        setup::load_avg(),
+    );
+}
+
+/// One run on a fresh PostgreSQL and rowcast.
+pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
+    let pg = PgTemp::start(PgTempOptions::default()).expect("PostgreSQL");
+    let (db, config) = setup::database(&pg, ROWS as i64, true).await;
+    let rc = Rowcast::start(&config, &[]);
+    let token = setup::token(&config);
+    let url = rc.ws_url(&format!("token={token}&rooms=tickets"));
+
+    let mut ws_tasks = Vec::new();
+    let mut node: Vec<NodeClients> = Vec::new();
+    match via {
+        Via::Ws | Via::SocketIoWire => {
+            let port = rc.port;
+            let conns = if via == Via::Ws {
+                clients::many(clients, 32, |_| clients::ws(&url)).await
+            } else {
+                clients::many(clients, 32, |_| clients::socketio(port, &token, "tickets")).await
+            };
+            for mut ws in conns {
+                ws_tasks.push(tokio::spawn(async move {
+                    let mut got: Vec<(u64, f64)> = Vec::new();
+                    while let Some(Ok(m)) = ws.next().await {
+                        let t = setup::epoch_ms();
+                        let Message::Text(text) = m else { continue };
+                        if let Some(k) = clients::bench_key(text.as_str()) {
+                            got.push((k, t));
+                        } else if text.as_str() == "2" {
+                            // engine.io ping
+                            let _ = ws.send(Message::Text("3".into())).await;
+                        }
+                    }
+                    got
+                }));
+            }
+        }
+        Via::SocketIo => {
+            // One node process per NODE_CLIENTS sockets: a browser tab holds one socket, and a
+            // single event loop parsing every client's frames would measure node's queueing.
+            let procs = clients.div_ceil(NODE_CLIENTS);
+            for i in 0..procs {
+                let n = clients / procs + usize::from(i < clients % procs);
+                node.push(NodeClients::start(&rc.base(), &token, n, "tickets").await);
+            }
+        }
+    }
+
+    let client_pids: Vec<u32> = if node.is_empty() {
+        vec![std::process::id()]
+    } else {
+        node.iter().map(NodeClients::pid).collect()
+    };
+    let clients_cpu = || client_pids.iter().map(|p| setup::cpu_secs(*p)).sum::<f64>();
+    // Warm-up (JIT in node, first allocations, connection pools): one second of the same
+    // traffic whose events are not counted (their subject does not start with `b`).
+    warm_up(&db, rate).await;
+    let (cpu0, client0) = (rc.cpu_secs(), clients_cpu());
+    let perf = setup::Perf::attach(rc.pid());
+    let commits = write(&db, rate, seconds).await;
+    drop(perf);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rowcast_cpu = rc.cpu_secs() - cpu0;
+    let client_cpu = clients_cpu() - client0;
+    let rss_mb = rc.rss_mb();
+
+    let mut received: Vec<(u64, f64)> = Vec::new();
+    if node.is_empty() {
+        // Closing rowcast ends every client's stream; each task returns what it saw.
+        drop(rc);
+        for t in ws_tasks {
+            received.extend(t.await.unwrap_or_default());
+        }
+    } else {
+        for n in node {
+            received.extend(n.finish().await);
+        }
+    }
+    if let Some(path) = std::env::var_os("BENCH_DUMP") {
+        // `key commit_ms receive_ms` per received event, to see when the slow ones happen.
+        let text: String = received
+            .iter()
+            .filter_map(|(k, t)| commits.get(k).map(|c| format!("{k} {c:.3} {t:.3}\n")))
+            .collect();
+        std::fs::write(path, text).expect("write BENCH_DUMP");
+    }
+    let mut lat: Vec<f64> = received
+        .iter()
+        .filter_map(|(k, t)| commits.get(k).map(|c| (t - c).max(0.0)))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Outcome {
+        via,
+        clients,
+        rate,
+        expected: commits.len() * clients,
+        delivered: lat.len(),
+        lat,
+        rss_mb,
+        rowcast_cpu,
+        client_cpu,
+        seconds,
+    }
+}
+
+async fn warm_up(db: &tokio_postgres::Client, rate: u64) {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    for k in 0..rate {
+        tick.tick().await;
+        db.execute(
+            "UPDATE tickets SET subject = $1 WHERE id = $2",
+            &[&format!("w{k}"), &((k % ROWS) as i64 + 1)],
+        )
+        .await
+        .expect("update");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// `rate` single-row updates per second for `seconds`, each its own transaction; returns
+/// each key's commit time (epoch ms).
+pub async fn write(db: &tokio_postgres::Client, rate: u64, seconds: u64) -> HashMap<u64, f64> {
+    let total = rate * seconds;
+    let stmt = db
+        .prepare("UPDATE tickets SET subject = $1 WHERE id = $2")
+        .await
+        .expect("prepare");
+    let mut commits = HashMap::with_capacity(total as usize);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    for k in 0..total {
+        tick.tick().await;
+        db.execute(&stmt, &[&format!("b{k}"), &((k % ROWS) as i64 + 1)])
+            .await
+            .expect("update");
+        commits.insert(k, setup::epoch_ms());
+    }
+    commits
+}

@@ -1,0 +1,130 @@
+//! `cargo bench --bench rowcast -- <scenario> [options]`: end-to-end benchmarks that start
+//! their own PostgreSQL and the real `rowcast` binary (traffic only to 127.0.0.1, every
+//! scenario bounded in time), and print Markdown tables. See docs/benchmarks.md.
+//!
+//! Scenarios:
+//! - `capture-overhead`: pgbench single-row UPDATE, 8 clients — no triggers, triggers only,
+//!   triggers with rowcast consuming.
+//! - `latency [--transport ws|socketio|socketio-wire] [--clients N] [--rate R] [--seconds S]`:
+//!   N clients in `tickets`, R updates/s — delivered ratio and commit→client latency
+//!   percentiles (`socketio` = the npm client in node, `socketio-wire` = Socket.IO spoken by
+//!   Rust clients in the bench process; default: all three).
+//! - `targets`: the latency targets of issues 2 and 3 (50 `/ws` × 200/s, 200 Socket.IO ×
+//!   500/s) and 200 `/ws` × 500/s.
+//! - `fanout [--clients N]`: events delivered per second at 1k, 5k and 10k clients.
+//! - `memory [--clients N]`: RSS with 10,000 idle connections, `/ws` and Socket.IO.
+//! - `catchup [--events E]`: time to replay 100,000 missed events to a resuming client.
+//! - `all`: every scenario with its defaults.
+
+mod catchup;
+mod clients;
+mod fanout;
+mod latency;
+mod memory;
+mod overhead;
+mod setup;
+
+use latency::Via;
+
+struct Args {
+    scenario: String,
+    clients: Option<usize>,
+    rate: Option<u64>,
+    seconds: Option<u64>,
+    events: Option<i64>,
+    transport: Option<Via>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        scenario: "all".into(),
+        clients: None,
+        rate: None,
+        seconds: None,
+        events: None,
+        transport: None,
+    };
+    let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
+    while let Some(arg) = it.next() {
+        let mut value =
+            |name: &str| -> String { it.next().unwrap_or_else(|| panic!("{name} needs a value")) };
+        let num = |name: &str, v: String| -> u64 {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} needs a number, got {v:?}"))
+        };
+        match arg.as_str() {
+            "--clients" => a.clients = Some(num(&arg, value(&arg)) as usize),
+            "--rate" => a.rate = Some(num(&arg, value(&arg))),
+            "--seconds" => a.seconds = Some(num(&arg, value(&arg))),
+            "--events" => a.events = Some(num(&arg, value(&arg)) as i64),
+            "--transport" => {
+                a.transport = Some(match value(&arg).as_str() {
+                    "ws" => Via::Ws,
+                    "socketio" => Via::SocketIo,
+                    "socketio-wire" => Via::SocketIoWire,
+                    other => panic!("--transport is ws, socketio or socketio-wire, not {other:?}"),
+                })
+            }
+            s if !s.starts_with('-') => a.scenario = s.to_string(),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    a
+}
+
+fn main() {
+    let args = parse_args();
+    setup::raise_nofile();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!("{}", setup::machine());
+    let seconds = args.seconds.unwrap_or(15);
+    let latency = |via: Option<Via>, clients: usize, rate: u64| {
+        let vias = match via {
+            Some(v) => vec![v],
+            None => vec![Via::Ws, Via::SocketIo, Via::SocketIoWire],
+        };
+        println!("\n## latency ({seconds} s per run)\n");
+        latency::header();
+        for v in vias {
+            let o = rt.block_on(latency::run(v, clients, rate, seconds));
+            latency::row(&o);
+        }
+    };
+    let targets = || {
+        println!("\n## latency targets ({seconds} s per run)\n");
+        latency::header();
+        for (via, clients, rate) in [
+            (Via::Ws, 50, 200),
+            (Via::Ws, 200, 500),
+            (Via::SocketIo, 200, 500),
+            (Via::SocketIoWire, 200, 500),
+        ] {
+            let o = rt.block_on(latency::run(via, clients, rate, seconds));
+            latency::row(&o);
+        }
+    };
+    let sizes = args
+        .clients
+        .map(|c| vec![c])
+        .unwrap_or_else(|| vec![1000, 5000, 10_000]);
+    match args.scenario.as_str() {
+        "capture-overhead" => rt.block_on(overhead::run(seconds)),
+        "latency" => latency(
+            args.transport,
+            args.clients.unwrap_or(50),
+            args.rate.unwrap_or(200),
+        ),
+        "targets" => targets(),
+        "fanout" => rt.block_on(fanout::run(&sizes)),
+        "memory" => rt.block_on(memory::run(args.clients.unwrap_or(10_000))),
+        "catchup" => rt.block_on(catchup::run(args.events.unwrap_or(100_000))),
+        "all" => {
+            rt.block_on(overhead::run(seconds));
+            targets();
+            rt.block_on(fanout::run(&sizes));
+            rt.block_on(memory::run(10_000));
+            rt.block_on(catchup::run(100_000));
+        }
+        other => panic!("unknown scenario {other}; see benches/rowcast/main.rs"),
+    }
+}

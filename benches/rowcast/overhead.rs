@@ -1,0 +1,152 @@
+//! `capture-overhead`: app write throughput (pgbench, single-row UPDATE, 8 clients) with no
+//! capture, with the capture triggers, and with the triggers while rowcast consumes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rowcast::pgtemp::{PgTemp, PgTempOptions};
+
+use crate::setup::{self, Rowcast, mean};
+
+pub fn pgbench(pg: &PgTemp, seconds: u64) -> f64 {
+    let script = pg.root().join("update.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 10000)\nUPDATE tickets SET updated_at = now() WHERE id = :id;\n",
+    )
+    .expect("write the pgbench script");
+    let out = Command::new(pg.bin_dir().join("pgbench"))
+        .args([
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(pg.port().to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg("postgres")
+        .output()
+        .expect("run pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// App write throughput without capture, with the capture triggers (as generated, and
+/// without the `rowcast.waiters` check), and with rowcast consuming; with
+/// `synchronous_commit` off (CPU-bound) and on (PostgreSQL's default: commit waits for the
+/// WAL flush).
+pub async fn run(seconds: u64) {
+    for sync in ["off", "on"] {
+        one(seconds, sync).await;
+    }
+}
+
+async fn one(seconds: u64, sync: &str) {
+    println!(
+        "\n## capture-overhead (pgbench single-row UPDATE, 8 clients, {seconds} s per run, fsync=on, synchronous_commit={sync})\n"
+    );
+    let pg = PgTemp::start(PgTempOptions {
+        fsync: true,
+        settings: vec![("synchronous_commit".into(), sync.into())],
+    })
+    .expect("PostgreSQL");
+    let (client, config) = setup::database(&pg, 10_000, false).await;
+    let mut results: Vec<(&str, Vec<(f64, f64)>)> = vec![
+        ("no capture", vec![]),
+        ("triggers", vec![]),
+        ("triggers without the waiters check", vec![]),
+        ("triggers + rowcast consuming", vec![]),
+    ];
+    let mut rowcast_cpu = Vec::new();
+    let clean = "TRUNCATE rowcast.changes; DELETE FROM rowcast.waiters";
+    for round in 0..2 {
+        client
+            .batch_execute("DROP TRIGGER IF EXISTS rowcast_capture ON tickets")
+            .await
+            .ok();
+        results[0].1.push(measured(&pg, &client, seconds).await);
+        setup::migrate_now(&config).await;
+        results[1].1.push(measured(&pg, &client, seconds).await);
+        client.batch_execute(clean).await.expect("clean");
+        without_waiters_check(&client).await;
+        results[2].1.push(measured(&pg, &client, seconds).await);
+        client.batch_execute(clean).await.expect("clean");
+        setup::migrate_now(&config).await;
+        let rc = Rowcast::start(&config, &[]);
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu = rc.cpu_secs();
+        results[3].1.push(measured(&pg, &client, seconds).await);
+        rowcast_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
+        drop(rc);
+        client.batch_execute(clean).await.expect("clean");
+        eprintln!("round {} done", round + 1);
+    }
+    let tps = |runs: &[(f64, f64)]| mean(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+    let base = tps(&results[0].1);
+    println!("| setup | TPS (runs) | mean TPS | overhead | WAL bytes per transaction |");
+    println!("|---|---|---|---|---|");
+    for (name, runs) in &results {
+        let m = tps(runs);
+        let wal = mean(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+        let runs: Vec<String> = runs.iter().map(|t| format!("{:.0}", t.0)).collect();
+        println!(
+            "| {name} | {} | {m:.0} | {:.1}% | {wal:.0} |",
+            runs.join(", "),
+            (1.0 - m / base) * 100.0,
+        );
+    }
+    println!(
+        "\nrowcast used {:.0}% of one core while consuming.",
+        mean(&rowcast_cpu)
+    );
+}
+
+/// One pgbench run: TPS and the WAL written per transaction (by everyone, rowcast included).
+async fn measured(pg: &PgTemp, client: &tokio_postgres::Client, seconds: u64) -> (f64, f64) {
+    let lsn = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8";
+    let before: f64 = client.query_one(lsn, &[]).await.expect("lsn").get(0);
+    let tps = tokio::task::block_in_place(|| pgbench(pg, seconds));
+    let after: f64 = client.query_one(lsn, &[]).await.expect("lsn").get(0);
+    (tps, (after - before) / (tps * seconds as f64).max(1.0))
+}
+
+/// Regenerates the tickets capture function without its `rowcast.waiters` check (and so
+/// without wake-up NOTIFYs), to measure what the check costs.
+async fn without_waiters_check(client: &tokio_postgres::Client) {
+    let def: String = client
+        .query_one(
+            "SELECT pg_get_functiondef(tgfoid) FROM pg_trigger
+              WHERE tgname = 'rowcast_capture' AND tgrelid = 'public.tickets'::regclass",
+            &[],
+        )
+        .await
+        .expect("capture function")
+        .get(0);
+    let start = def
+        .find("  IF EXISTS (SELECT 1 FROM rowcast.waiters")
+        .expect("waiters check");
+    let end = start + def[start..].find("END IF;").expect("END IF") + "END IF;".len();
+    let stripped = format!("{}{}", &def[..start], &def[end..]);
+    client
+        .batch_execute(&stripped)
+        .await
+        .expect("replace function");
+}
