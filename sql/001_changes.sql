@@ -31,9 +31,9 @@ CREATE TABLE IF NOT EXISTS rowcast.cursors (
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
--- Consumers that are parked and want a NOTIFY when a change is written. Unlogged: it is
--- lost in a crash, which only means nobody is waiting (consumers re-register).
-CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.waiters (
-    consumer   uuid        PRIMARY KEY,
-    expires_at timestamptz NOT NULL
-);
+-- Until when (unix seconds) the sequencer is parked and wants a NOTIFY for each change.
+-- A sequence, not a table: triggers read it with pg_sequence_last_value(), a plain function
+-- call (no query), and sequences are not transactional, so every writer — READ COMMITTED
+-- or REPEATABLE READ — sees a change of it at once. A parked sequencer that dies stops
+-- the NOTIFYs when its time runs out.
+CREATE SEQUENCE IF NOT EXISTS rowcast.parked_until MINVALUE 0 START 0;

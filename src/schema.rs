@@ -220,7 +220,8 @@ BEGIN
     INSERT INTO rowcast.changes (op, tbl, pk, old)
     VALUES ('d', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
   END IF;
-  IF EXISTS (SELECT 1 FROM rowcast.waiters WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) THEN
+  IF pg_catalog.pg_sequence_last_value('rowcast.parked_until'::pg_catalog.regclass)
+       OPERATOR(pg_catalog.>) pg_catalog.date_part('epoch', pg_catalog.now()) THEN
     PERFORM pg_catalog.pg_notify('{WAKE_CHANNEL}', '');
   END IF;
   RETURN NULL;
@@ -395,7 +396,7 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, toki
             ("rowcast.changes", "SELECT"),
             ("rowcast.changes", "DELETE"),
             ("rowcast.cursors", "UPDATE"),
-            ("rowcast.waiters", "INSERT"),
+            ("rowcast.parked_until", "UPDATE"),
         ] {
             let ok: bool = client
                 .query_one(

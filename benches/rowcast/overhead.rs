@@ -50,7 +50,7 @@ pub fn pgbench(pg: &PgTemp, seconds: u64) -> f64 {
 }
 
 /// App write throughput without capture, with the capture triggers (as generated, and
-/// without the `rowcast.waiters` check), and with rowcast consuming; with
+/// without the parked check), and with rowcast consuming; with
 /// `synchronous_commit` off (CPU-bound) and on (PostgreSQL's default: commit waits for the
 /// WAL flush).
 pub async fn run(seconds: u64) {
@@ -72,11 +72,11 @@ async fn one(seconds: u64, sync: &str) {
     let mut results: Vec<(&str, Vec<(f64, f64)>)> = vec![
         ("no capture", vec![]),
         ("triggers", vec![]),
-        ("triggers without the waiters check", vec![]),
+        ("triggers without the parked check", vec![]),
         ("triggers + rowcast consuming", vec![]),
     ];
     let mut rowcast_cpu = Vec::new();
-    let clean = "TRUNCATE rowcast.changes; DELETE FROM rowcast.waiters";
+    let clean = "TRUNCATE rowcast.changes; SELECT setval('rowcast.parked_until', 0)";
     for round in 0..2 {
         client
             .batch_execute("DROP TRIGGER IF EXISTS rowcast_capture ON tickets")
@@ -86,7 +86,7 @@ async fn one(seconds: u64, sync: &str) {
         setup::migrate_now(&config).await;
         results[1].1.push(measured(&pg, &client, seconds).await);
         client.batch_execute(clean).await.expect("clean");
-        without_waiters_check(&client).await;
+        without_parked_check(&client).await;
         results[2].1.push(measured(&pg, &client, seconds).await);
         client.batch_execute(clean).await.expect("clean");
         setup::migrate_now(&config).await;
@@ -128,9 +128,9 @@ async fn measured(pg: &PgTemp, client: &tokio_postgres::Client, seconds: u64) ->
     (tps, (after - before) / (tps * seconds as f64).max(1.0))
 }
 
-/// Regenerates the tickets capture function without its `rowcast.waiters` check (and so
-/// without wake-up NOTIFYs), to measure what the check costs.
-async fn without_waiters_check(client: &tokio_postgres::Client) {
+/// Regenerates the tickets capture function without its `rowcast.parked_until` check (and
+/// so without wake-up NOTIFYs), to measure what the check costs.
+async fn without_parked_check(client: &tokio_postgres::Client) {
     let def: String = client
         .query_one(
             "SELECT pg_get_functiondef(tgfoid) FROM pg_trigger
@@ -141,8 +141,8 @@ async fn without_waiters_check(client: &tokio_postgres::Client) {
         .expect("capture function")
         .get(0);
     let start = def
-        .find("  IF EXISTS (SELECT 1 FROM rowcast.waiters")
-        .expect("waiters check");
+        .find("  IF pg_catalog.pg_sequence_last_value('rowcast.parked_until'")
+        .expect("parked check");
     let end = start + def[start..].find("END IF;").expect("END IF") + "END IF;".len();
     let stripped = format!("{}{}", &def[..start], &def[end..]);
     client

@@ -158,33 +158,25 @@ pub async fn cursor<C: GenericClient>(
         .map(|r| Position(r.get(0))))
 }
 
-/// Marks this consumer as parked: capture triggers will NOTIFY while the mark is fresh.
+/// Marks the sequencer as parked for `ttl_secs`: capture triggers NOTIFY until then.
+/// `setval` is not transactional: every writer sees the mark at once.
 pub async fn park<C: GenericClient>(
     client: &C,
-    consumer: uuid::Uuid,
     ttl_secs: f64,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO rowcast.waiters (consumer, expires_at)
-             VALUES ($1, now() + make_interval(secs => $2))
-             ON CONFLICT (consumer) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-            &[&consumer, &ttl_secs],
+            "SELECT setval('rowcast.parked_until', (date_part('epoch', now()) + $1::float8)::bigint)",
+            &[&ttl_secs],
         )
         .await?;
     Ok(())
 }
 
-/// Removes the parked mark: this consumer polls on its own again.
-pub async fn unpark<C: GenericClient>(
-    client: &C,
-    consumer: uuid::Uuid,
-) -> Result<(), tokio_postgres::Error> {
+/// Removes the parked mark: the sequencer polls on its own again.
+pub async fn unpark<C: GenericClient>(client: &C) -> Result<(), tokio_postgres::Error> {
     client
-        .execute(
-            "DELETE FROM rowcast.waiters WHERE consumer = $1",
-            &[&consumer],
-        )
+        .execute("SELECT setval('rowcast.parked_until', 0)", &[])
         .await?;
     Ok(())
 }

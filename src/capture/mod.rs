@@ -5,11 +5,11 @@
 //! `seq > position`, so all see one gap-free order, and an open transaction delays only its
 //! own changes. The log is the truth and NOTIFY only a hint. While changes keep coming,
 //! capture polls every `active_poll`; after `idle_after` of quiet the sequencer *parks*: it
-//! registers in `rowcast.waiters`, and only then do capture triggers call `pg_notify` (so a
-//! busy application pays no NOTIFY lock at commit). Parking is race-free for READ
-//! COMMITTED writers: after registering, capture keeps polling until every transaction
-//! that could have missed the registration has finished. A safety poll every `idle_poll`
-//! covers lost notifications (a reconnect, REPEATABLE READ writers). After any reconnect it
+//! sets `rowcast.parked_until`, and only then do capture triggers call `pg_notify` (so a
+//! busy application pays no NOTIFY lock at commit). Parking is race-free: after setting
+//! the mark, capture keeps polling until every transaction that could have read the old
+//! value has finished. A safety poll every `idle_poll` covers lost notifications (a
+//! reconnect). After any reconnect it
 //! reads the log from its in-memory position, so a PostgreSQL restart loses nothing.
 
 pub mod log;
@@ -105,7 +105,6 @@ impl Capture {
     /// Runs until `shutdown` is cancelled, reconnecting with backoff on any error.
     pub async fn run(self, start: Position, shutdown: CancellationToken) {
         let mut position = start;
-        let consumer = uuid::Uuid::new_v4();
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
@@ -114,7 +113,7 @@ impl Capture {
             .build();
         loop {
             let result = tokio::select! {
-                r = self.session(consumer, &mut position, &shutdown) => r,
+                r = self.session(&mut position, &shutdown) => r,
                 _ = shutdown.cancelled() => Ok(()),
             };
             self.status.connected.store(false, Ordering::Relaxed);
@@ -139,7 +138,6 @@ impl Capture {
     /// One database connection's worth of capture. Returns on error.
     async fn session(
         &self,
-        consumer: uuid::Uuid,
         position: &mut Position,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
@@ -214,7 +212,7 @@ impl Capture {
             }
             if progressed {
                 if parked.take().is_some() {
-                    log::unpark(&client, consumer).await?;
+                    log::unpark(&client).await?;
                 }
                 last_activity = Instant::now();
                 continue;
@@ -235,7 +233,7 @@ impl Capture {
                 match &mut parked {
                     None => {
                         let ttl = (self.config.idle_poll.as_secs_f64() * 10.0).max(30.0);
-                        log::park(&client, consumer, ttl).await?;
+                        log::park(&client, ttl).await?;
                         let (_, xmax) = log::snapshot_bounds(&client).await?;
                         parked = Some(ParkState {
                             armed_after: xmax,
@@ -254,7 +252,7 @@ impl Capture {
                     }
                     Some(p) => {
                         if p.refreshed.elapsed().as_secs_f64() > p.ttl / 3.0 {
-                            log::park(&client, consumer, p.ttl).await?;
+                            log::park(&client, p.ttl).await?;
                             p.refreshed = Instant::now();
                         }
                         self.config.idle_poll
@@ -266,7 +264,7 @@ impl Capture {
                 _ = tokio::time::sleep(wait) => {}
                 _ = lost.cancelled() => {}
                 _ = shutdown.cancelled() => {
-                    let _ = log::unpark(&client, consumer).await;
+                    let _ = log::unpark(&client).await;
                     return Ok(());
                 }
             }

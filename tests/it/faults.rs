@@ -155,7 +155,7 @@ async fn kill_9_socketio_client_resumes_with_since_and_misses_nothing() {
 }
 
 /// PostgreSQL crashes (`pg_ctl stop -m immediate`: no checkpoint, crash recovery on start,
-/// the unlogged `rowcast.waiters` emptied) while a writer keeps committing: once it is back,
+/// its connections cut) while a writer keeps committing: once it is back,
 /// every acknowledged commit reaches a connected client. The cluster runs with
 /// `synchronous_commit=on` (the throwaway default is off, and an asynchronous commit may
 /// legitimately be lost in a crash, change row and all).
