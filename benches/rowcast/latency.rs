@@ -87,9 +87,25 @@ pub fn row(o: &Outcome) {
 
 /// One run on a fresh PostgreSQL and rowcast.
 pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
+    run_with(via, clients, rate, seconds, None).await
+}
+
+/// [`run`], optionally with an admin webhook endpoint subscribed to every event (`*`)
+/// delivering to `webhook` — to see what enqueueing and delivering costs the live path.
+pub async fn run_with(
+    via: Via,
+    clients: usize,
+    rate: u64,
+    seconds: u64,
+    webhook: Option<&str>,
+) -> Outcome {
     let pg = PgTemp::start(PgTempOptions::default()).expect("PostgreSQL");
     let (db, config) = setup::database(&pg, ROWS as i64, true).await;
-    let rc = Rowcast::start(&config, &[]);
+    let env = [("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_string())];
+    let rc = Rowcast::start(&config, if webhook.is_some() { &env } else { &[] });
+    if let Some(url) = webhook {
+        crate::webhooks::subscribe(&rc, &config, url, &["*"]).await;
+    }
     let token = setup::token(&config);
     let url = rc.ws_url(&format!("token={token}&rooms=tickets"));
 

@@ -14,6 +14,8 @@
 //! - `fanout [--clients N]`: events delivered per second at 1k, 5k and 10k clients.
 //! - `memory [--clients N]`: RSS with 10,000 idle connections, `/ws` and Socket.IO.
 //! - `catchup [--events E]`: time to replay 100,000 missed events to a resuming client.
+//! - `webhooks [--events E]`: deliveries per second to a local receiver (default 20,000),
+//!   and the live path's latency without and with an endpoint receiving every event.
 //! - `all`: every scenario with its defaults.
 
 mod catchup;
@@ -23,6 +25,7 @@ mod latency;
 mod memory;
 mod overhead;
 mod setup;
+mod webhooks;
 
 use latency::Via;
 
@@ -118,12 +121,18 @@ fn main() {
         "fanout" => rt.block_on(fanout::run(&sizes)),
         "memory" => rt.block_on(memory::run(args.clients.unwrap_or(10_000))),
         "catchup" => rt.block_on(catchup::run(args.events.unwrap_or(100_000))),
+        "webhooks" => {
+            rt.block_on(webhooks::throughput(args.events.unwrap_or(20_000)));
+            rt.block_on(webhooks::enqueue_cost(seconds));
+        }
         "all" => {
             rt.block_on(overhead::run(seconds));
             targets();
             rt.block_on(fanout::run(&sizes));
             rt.block_on(memory::run(10_000));
             rt.block_on(catchup::run(100_000));
+            rt.block_on(webhooks::throughput(20_000));
+            rt.block_on(webhooks::enqueue_cost(seconds));
         }
         other => panic!("unknown scenario {other}; see benches/rowcast/main.rs"),
     }

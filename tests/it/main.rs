@@ -16,5 +16,4 @@ mod schema;
 mod slow;
 mod socketio;
 mod tls;
-mod webhook_bench;
 mod webhooks;
