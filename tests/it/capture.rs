@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::support::writer::Writer;
 use crate::support::{self, Server, ws::WsClient};
 
 /// `pg_ctl restart` while writes continue: every committed change is delivered afterwards.
@@ -15,46 +16,11 @@ async fn postgres_restart_loses_no_committed_change() {
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     c.join("tickets").await;
-    let committed: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let committed = committed.clone();
-        let stop = stop.clone();
-        let url = db.url.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.is_cancelled() {
-                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                tokio::spawn(conn);
-                while !stop.is_cancelled() {
-                    n += 1;
-                    let r = client
-                        .query_one(
-                            "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3) RETURNING id",
-                            &[&format!("w-{n}")],
-                        )
-                        .await;
-                    match r {
-                        Ok(row) => {
-                            committed.lock().unwrap().insert(row.get(0));
-                        }
-                        Err(_) => break, // the server went away; reconnect
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    let writer = Writer::start(&db.url, "w");
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::block_in_place(|| db.pg.restart()).expect("restart PostgreSQL");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    writer.await.unwrap();
-    let want = committed.lock().unwrap().clone();
+    let want = writer.stop().await;
     assert!(
         want.len() > 50,
         "the writer kept writing ({} inserts)",

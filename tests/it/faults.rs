@@ -2,7 +2,6 @@
 //! PostgreSQL crashing mid-stream.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -10,6 +9,7 @@ use serde_json::json;
 use crate::socketio::{connect, emit_ack, next_event};
 use rowcast::pgtemp::PgTempOptions;
 
+use crate::support::writer::Writer;
 use crate::support::{self, Db, Server, node::Node, process::Proc, ws::WsClient};
 
 /// Inserts `n` tickets, one transaction each, 2 ms apart; returns their ids.
@@ -172,51 +172,16 @@ async fn postgres_crash_mid_stream_loses_no_committed_change() {
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     c.join("tickets").await;
-    let committed: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let committed = committed.clone();
-        let stop = stop.clone();
-        let url = db.url.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.is_cancelled() {
-                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                tokio::spawn(conn);
-                while !stop.is_cancelled() {
-                    n += 1;
-                    let r = client
-                        .query_one(
-                            "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3) RETURNING id",
-                            &[&format!("c-{n}")],
-                        )
-                        .await;
-                    match r {
-                        Ok(row) => {
-                            committed.lock().unwrap().insert(row.get(0));
-                        }
-                        Err(_) => break, // the server crashed; reconnect
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    let writer = Writer::start(&db.url, "c");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = committed.lock().unwrap().len();
+    let before = writer.committed();
     tokio::task::block_in_place(|| {
         db.pg.stop_server("immediate")?;
         db.pg.start_server()
     })
     .expect("crash and restart PostgreSQL");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    writer.await.unwrap();
-    let want = committed.lock().unwrap().clone();
+    let want = writer.stop().await;
     assert!(
         before > 10 && want.len() > before + 10,
         "the writer committed before ({before}) and after the crash ({})",

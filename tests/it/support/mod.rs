@@ -7,6 +7,7 @@ pub mod control;
 pub mod node;
 pub mod process;
 pub mod receiver;
+pub mod writer;
 pub mod ws;
 
 use std::future::Future;
