@@ -355,6 +355,7 @@ impl Conn {
     ) -> Flow {
         let (results, h) = self.session.join_many(&rooms);
         for (room, result) in rooms.into_iter().zip(results) {
+            let joined = result.is_ok();
             let ok = match result {
                 Ok(_) => {
                     self.send_json(json!({"type": "joined", "room": room, "seq": h, "id": id}))
@@ -370,8 +371,8 @@ impl Conn {
             if !ok {
                 return Flow::Stop;
             }
-            if self.session.resume_point().is_some()
-                && self.session.rooms().contains(&room)
+            if joined
+                && self.session.resume_point().is_some()
                 && self.caught_up.insert(room.clone())
             {
                 fresh.push(room);

@@ -150,35 +150,29 @@ roles = ["agent"]
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs `rowcast serve` without a database and with `env`; it must refuse to start.
+/// Returns what it printed on stderr.
+fn serve_refused(env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_configuration_is_refused_with_actionable_messages() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
-        .arg("serve")
-        .env_remove("DATABASE_URL")
-        .env("ROWCAST_JWT_SECRET", "short")
-        .env("ROWCAST_WEBHOOK_RETRY_SCHEDULE", "5s,soon")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&[
+        ("ROWCAST_JWT_SECRET", "short"),
+        ("ROWCAST_WEBHOOK_RETRY_SCHEDULE", "5s,soon"),
+    ]);
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
-        .arg("serve")
-        .env_remove("DATABASE_URL")
-        .env("ROWCAST_JWT_SECRET", "short")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&[("ROWCAST_JWT_SECRET", "short")]);
     assert!(err.contains("at least 16 bytes"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
-        .arg("serve")
-        .env_remove("DATABASE_URL")
-        .env("ROWCAST_JWT_SECRET", "0123456789abcdef0123")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&[("ROWCAST_JWT_SECRET", "0123456789abcdef0123")]);
     assert!(
         err.contains("no database configured: set DATABASE_URL"),
         "{err}"
