@@ -186,9 +186,28 @@ impl Default for LogConfig {
     }
 }
 
+/// Where capture reads changes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Row triggers write each change to `rowcast.changes` in the application's transaction.
+    Triggers,
+    /// A logical replication slot (`pgoutput`): the application's transactions write nothing
+    /// extra; rowcast appends the decoded changes to `rowcast.changes` in batches.
+    Logical,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureConfig {
+    /// How changes are captured: `triggers` (row triggers append to `rowcast.changes`) or
+    /// `logical` (logical decoding of the WAL through a replication slot; needs
+    /// `wal_level = logical` and a role with REPLICATION).
+    pub mode: CaptureMode,
+    /// Replication slot used by `logical` mode (created by `rowcast migrate`).
+    pub slot: String,
+    /// Publication used by `logical` mode (created by `rowcast migrate`).
+    pub publication: String,
     /// Most change-log rows read and enriched at once.
     pub batch_size: i64,
     /// Poll interval while changes keep arriving.
@@ -208,6 +227,9 @@ pub struct CaptureConfig {
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
+            mode: CaptureMode::Triggers,
+            slot: "rowcast".into(),
+            publication: "rowcast".into(),
             batch_size: 1000,
             active_poll: Duration::from_millis(5),
             idle_after: Duration::from_millis(500),
@@ -486,6 +508,21 @@ impl Config {
         }
         if self.pool_size < 2 {
             problems.push("pool_size must be at least 2".into());
+        }
+        for (what, name) in [
+            ("capture.slot", &self.capture.slot),
+            ("capture.publication", &self.capture.publication),
+        ] {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                problems.push(format!(
+                    "{what} {name:?} must be 1-63 lowercase letters, digits or _"
+                ));
+            }
         }
         if self.capture.batch_size < 1 || self.capture.batch_size > 100_000 {
             problems.push("capture.batch_size must be between 1 and 100000".into());

@@ -10,12 +10,17 @@ use std::sync::Arc;
 
 use tokio_postgres::{Client, GenericClient};
 
-use crate::config::{Config, TableConfig, TableKind};
+use crate::config::{CaptureMode, Config, TableConfig, TableKind};
 
 /// Embedded migrations, applied in order. Never edit one that has shipped: add a new file.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "changes", include_str!("../sql/001_changes.sql")),
     (2, "webhooks", include_str!("../sql/002_webhooks.sql")),
+    (
+        3,
+        "slot_positions",
+        include_str!("../sql/003_slot_positions.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes `migrate` runs (any constant unique to rowcast).
@@ -129,13 +134,33 @@ pub async fn migrate(client: &mut Client, config: &Config) -> Result<Vec<String>
         .await?;
         report.push(format!("applied migration {version:03} {name}"));
     }
-    let (catalog, problems) = resolve(&tx, &config.tables).await?;
+    let (catalog, mut problems) = resolve(&tx, &config.tables).await?;
+    let mode = config.capture.mode;
+    let mut publication = Vec::new();
+    if mode == CaptureMode::Logical {
+        problems.extend(logical_prerequisites(&tx).await?);
+        for spec in &catalog.tables {
+            match published_columns(&tx, spec).await? {
+                Ok(cols) => publication.push(cols),
+                Err(problem) => problems.push(problem),
+            }
+        }
+    }
     if !problems.is_empty() {
         return Err(SchemaError::Mismatch(problems));
     }
     for spec in &catalog.tables {
-        tx.batch_execute(&trigger_sql(spec)).await?;
-        report.push(format!("capture trigger installed on {}", spec.name));
+        tx.batch_execute(&trigger_sql(spec, mode)).await?;
+        report.push(match mode {
+            CaptureMode::Triggers => format!("capture trigger installed on {}", spec.name),
+            CaptureMode::Logical => format!(
+                "delete/key-change trigger installed on {} (logical capture)",
+                spec.name
+            ),
+        });
+    }
+    if mode == CaptureMode::Logical {
+        report.push(set_publication(&tx, &config.capture.publication, &publication).await?);
     }
     let configured: Vec<String> = catalog.tables.iter().map(|t| t.name.clone()).collect();
     let stale = tx
@@ -162,6 +187,201 @@ pub async fn migrate(client: &mut Client, config: &Config) -> Result<Vec<String>
         ));
     }
     tx.commit().await?;
+    match mode {
+        CaptureMode::Logical => {
+            if let Some(line) = create_slot(client, &config.capture.slot).await? {
+                report.push(line);
+            }
+        }
+        CaptureMode::Triggers => report
+            .extend(drop_logical(client, &config.capture.slot, &config.capture.publication).await?),
+    }
+    Ok(report)
+}
+
+/// What logical capture needs from the server and from rowcast's role.
+async fn logical_prerequisites<C: GenericClient>(
+    client: &C,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut problems = Vec::new();
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_setting('server_version_num')::int,
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await?;
+    let (wal_level, version, replication): (String, i32, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    if wal_level != "logical" {
+        problems.push(format!(
+            "capture.mode = \"logical\" needs wal_level = logical (it is {wal_level}): ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL"
+        ));
+    }
+    if version < 150000 {
+        problems.push(
+            "capture.mode = \"logical\" needs PostgreSQL 15 or newer (publication column lists)"
+                .into(),
+        );
+    }
+    if !replication {
+        problems.push(
+            "capture.mode = \"logical\" needs a role with REPLICATION: ALTER ROLE <role> REPLICATION"
+                .into(),
+        );
+    }
+    Ok(problems)
+}
+
+/// The publication entry for one table: only the key and replica-identity columns are
+/// published (rowcast loads the rows itself), so hidden columns never leave the server.
+/// A table with no replica identity would refuse UPDATE and DELETE once published: that
+/// is a problem to report, not something to create.
+async fn published_columns<C: GenericClient>(
+    client: &C,
+    spec: &TableSpec,
+) -> Result<Result<String, String>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT c.relreplident::text,
+                    COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attnum)
+                                FROM pg_index i
+                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                               WHERE i.indrelid = c.oid
+                                 AND ((c.relreplident = 'i' AND i.indisreplident)
+                                   OR (c.relreplident = 'd' AND i.indisprimary))), '{}')
+               FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&spec.quoted],
+        )
+        .await?;
+    let ident: String = row.get(0);
+    let mut cols: Vec<String> = row.get(1);
+    if ident == "f" {
+        return Ok(Ok(spec.quoted.clone()));
+    }
+    if cols.is_empty() {
+        return Ok(Err(format!(
+            "table {}: logical capture needs a replica identity (a primary key, or REPLICA IDENTITY USING INDEX): without one, UPDATE and DELETE on a published table fail",
+            spec.name
+        )));
+    }
+    for k in &spec.key {
+        if !cols.contains(&k.name) {
+            cols.push(k.name.clone());
+        }
+    }
+    let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+    Ok(Ok(format!("{} ({})", spec.quoted, cols.join(", "))))
+}
+
+/// Creates the publication or sets its tables.
+async fn set_publication<C: GenericClient>(
+    client: &C,
+    name: &str,
+    tables: &[String],
+) -> Result<String, tokio_postgres::Error> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some();
+    let quoted = quote_ident(name);
+    let list = tables.join(", ");
+    let publish = "WITH (publish = 'insert, update, delete')";
+    if tables.is_empty() {
+        if exists {
+            client
+                .batch_execute(&format!("DROP PUBLICATION {quoted}"))
+                .await?;
+        }
+        return Ok(format!("publication {name}: no tables"));
+    }
+    if exists {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {quoted} SET TABLE {list}; ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete')"
+            ))
+            .await?;
+        Ok(format!("publication {name} set to {list}"))
+    } else {
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {quoted} FOR TABLE {list} {publish}"
+            ))
+            .await?;
+        Ok(format!("publication {name} created for {list}"))
+    }
+}
+
+/// Creates the logical replication slot if it does not exist (outside any transaction:
+/// PostgreSQL refuses to create one in a transaction that wrote). Changes are kept for
+/// rowcast from this moment on.
+async fn create_slot(client: &Client, slot: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let plugin = client
+        .query_opt(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    if plugin.is_some() {
+        return Ok(None);
+    }
+    match client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(_) => Ok(Some(format!("replication slot {slot} created"))),
+        // Another migrate created it a moment ago.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// In trigger mode, removes the slot and publication of an earlier logical setup: an
+/// unused slot keeps every WAL segment from its position on, forever.
+async fn drop_logical(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut report = Vec::new();
+    let row = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND plugin = 'pgoutput'",
+            &[&slot],
+        )
+        .await?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        Some(false) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await?;
+            report.push(format!(
+                "replication slot {slot} dropped (capture.mode = \"triggers\")"
+            ));
+        }
+        Some(true) => report.push(format!(
+            "replication slot {slot} is still in use by a logical-mode rowcast: drop it with SELECT pg_drop_replication_slot('{slot}') once that has stopped"
+        )),
+        None => {}
+    }
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    if exists {
+        client
+            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
+            .await?;
+        report.push(format!(
+            "publication {publication} dropped (capture.mode = \"triggers\")"
+        ));
+    }
     Ok(report)
 }
 
@@ -173,7 +393,11 @@ fn function_name(table: &str) -> String {
 /// in: no dynamic SQL, no whole-row JSON except for deletes, and `pg_notify` only while a
 /// consumer is parked (see `capture`). Every name is schema-qualified because the function
 /// is `SECURITY DEFINER` (the application's role needs no rights on the rowcast schema).
-pub fn trigger_sql(spec: &TableSpec) -> String {
+///
+/// In logical mode the WAL carries inserts and updates; the trigger fires only on deletes
+/// and key-changing updates, to put the old row (hidden columns removed) into the stream
+/// as a transactional logical message.
+pub fn trigger_sql(spec: &TableSpec, mode: CaptureMode) -> String {
     let func = format!("rowcast.{}", quote_ident(&function_name(&spec.name)));
     let key = |rec: &str| {
         let cols: Vec<String> = spec
@@ -198,6 +422,34 @@ pub fn trigger_sql(spec: &TableSpec) -> String {
         )
     };
     let name = spec.name.replace('\'', "''");
+    if mode == CaptureMode::Logical {
+        let key_cols: Vec<String> = spec.key.iter().map(|k| quote_ident(&k.name)).collect();
+        return format!(
+            r#"
+CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $rowcast$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    IF ROW({old_key}) IS NOT DISTINCT FROM ROW({new_key}) THEN
+      RETURN NULL;
+    END IF;
+  END IF;
+  PERFORM pg_catalog.pg_logical_emit_message(true, '{prefix}',
+    pg_catalog.jsonb_build_object('t', '{name}', 'old', {old_row})::text);
+  RETURN NULL;
+END
+$rowcast$;
+REVOKE ALL ON FUNCTION {func}() FROM PUBLIC;
+CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE OR UPDATE OF {key_cols} ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {func}();
+"#,
+            old_key = key("OLD"),
+            new_key = key("NEW"),
+            key_cols = key_cols.join(", "),
+            table = spec.quoted,
+            prefix = crate::capture::logical::MESSAGE_PREFIX,
+        );
+    }
     format!(
         r#"
 CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
@@ -414,6 +666,9 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, toki
     }
     let (catalog, table_problems) = resolve(client, &config.tables).await?;
     problems.extend(table_problems);
+    if config.capture.mode == CaptureMode::Logical {
+        problems.extend(check_logical(client, config, &catalog).await?);
+    }
     for spec in &catalog.tables {
         let (schema, table) = split_name(&spec.name);
         let row = client
@@ -437,7 +692,7 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, toki
                 if enabled == "D" {
                     problems.push(format!("table {}: capture trigger is disabled", spec.name));
                 }
-                let expected = trigger_sql(spec);
+                let expected = trigger_sql(spec, config.capture.mode);
                 if !expected.contains(body.trim()) {
                     problems.push(format!(
                         "table {}: capture trigger is out of date (key or hidden columns changed): run `rowcast migrate`",
@@ -446,6 +701,72 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, toki
                 }
             }
         }
+    }
+    Ok(problems)
+}
+
+/// `check` for logical capture: server settings, role, slot, publication and its tables.
+async fn check_logical(
+    client: &Client,
+    config: &Config,
+    catalog: &Catalog,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut problems = logical_prerequisites(client).await?;
+    let (slot, publication) = (&config.capture.slot, &config.capture.publication);
+    let plugin = client
+        .query_opt(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?
+        .map(|r| r.get::<_, Option<String>>(0));
+    match plugin {
+        None => problems.push(format!(
+            "replication slot {slot} does not exist: run `rowcast migrate`"
+        )),
+        Some(Some(p)) if p == "pgoutput" => {}
+        Some(p) => problems.push(format!(
+            "replication slot {slot} uses plugin {} instead of pgoutput: drop it, then run `rowcast migrate`",
+            p.unwrap_or_else(|| "none (a physical slot)".into())
+        )),
+    }
+    let published: Option<Vec<String>> = client
+        .query_opt(
+            "SELECT ARRAY(SELECT schemaname || '.' || tablename FROM pg_publication_tables
+                           WHERE pubname = $1)
+               FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match published {
+        None => problems.push(format!(
+            "publication {publication} does not exist: run `rowcast migrate`"
+        )),
+        Some(tables) => {
+            for spec in &catalog.tables {
+                if !tables.contains(&spec.name) {
+                    problems.push(format!(
+                        "table {}: not in publication {publication}: run `rowcast migrate`",
+                        spec.name
+                    ));
+                }
+            }
+        }
+    }
+    let positions: bool = client
+        .query_one(
+            "SELECT to_regclass('rowcast.slot_positions') IS NOT NULL
+                AND has_table_privilege('rowcast.slot_positions', 'UPDATE')
+                AND has_table_privilege('rowcast.changes', 'INSERT')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !positions {
+        problems.push(
+            "rowcast's database role lacks INSERT on rowcast.changes or UPDATE on rowcast.slot_positions (or migration 003 is missing): run `rowcast migrate` as the schema owner".into(),
+        );
     }
     Ok(problems)
 }

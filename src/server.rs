@@ -116,6 +116,8 @@ pub async fn run(
             config: config.capture.clone(),
             database_url: config.require_database_url()?.to_string(),
             tls: crate::db::tls(config.database_ca_file.as_deref())?,
+            ca_file: config.database_ca_file.clone(),
+            catalog: catalog.clone(),
             enricher: enricher.clone(),
             hub: hub.clone(),
             status: status.clone(),

@@ -97,6 +97,14 @@ fn describe_metrics() {
         "rowcast_capture_lag_seconds",
         "Age of the oldest change not yet consumed by capture (0 when caught up)."
     );
+    describe_gauge!(
+        "rowcast_capture_slot_retained_bytes",
+        "Logical mode: WAL the replication slot keeps on the server (grows while nobody consumes it)."
+    );
+    describe_counter!(
+        "rowcast_capture_decoded_changes_total",
+        "Logical mode: changes decoded from the replication slot and appended to the log."
+    );
     describe_histogram!(
         "rowcast_capture_batch_size",
         "Changes read from the log per capture batch."

@@ -1,5 +1,6 @@
 //! `capture-overhead`: app write throughput (pgbench, single-row UPDATE, 8 clients) with no
-//! capture, with the capture triggers, and with the triggers while rowcast consumes.
+//! capture, with the capture triggers, with the triggers while rowcast consumes, and with
+//! logical decoding while rowcast consumes.
 
 use std::process::Command;
 use std::time::Duration;
@@ -74,8 +75,12 @@ async fn one(seconds: u64, sync: &str) {
         ("triggers", vec![]),
         ("triggers without the parked check", vec![]),
         ("triggers + rowcast consuming", vec![]),
+        ("logical decoding + rowcast consuming", vec![]),
     ];
     let mut rowcast_cpu = Vec::new();
+    let mut logical_cpu = Vec::new();
+    let mut logical_config = config.clone();
+    logical_config.capture.mode = rowcast::config::CaptureMode::Logical;
     let clean = "TRUNCATE rowcast.changes; SELECT setval('rowcast.parked_until', 0)";
     for round in 0..2 {
         client
@@ -97,6 +102,22 @@ async fn one(seconds: u64, sync: &str) {
         rowcast_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
         drop(rc);
         client.batch_execute(clean).await.expect("clean");
+        // Logical decoding: the capture trigger is replaced by the delete/key-change one
+        // (it does not fire on these updates) and rowcast streams the slot.
+        setup::migrate_now(&logical_config).await;
+        let rc = Rowcast::start(
+            &logical_config,
+            &[("ROWCAST_CAPTURE_MODE", "logical".to_string())],
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu = rc.cpu_secs();
+        results[4].1.push(measured(&pg, &client, seconds).await);
+        logical_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
+        drop(rc);
+        client.batch_execute(clean).await.expect("clean");
+        // Back to trigger mode (drops the slot once the stopped rowcast has let it go).
+        std::thread::sleep(Duration::from_secs(1));
+        setup::migrate_now(&config).await;
         eprintln!("round {} done", round + 1);
     }
     let tps = |runs: &[(f64, f64)]| mean(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
@@ -114,8 +135,9 @@ async fn one(seconds: u64, sync: &str) {
         );
     }
     println!(
-        "\nrowcast used {:.0}% of one core while consuming.",
-        mean(&rowcast_cpu)
+        "\nrowcast used {:.0}% of one core while consuming with triggers, {:.0}% with logical decoding.",
+        mean(&rowcast_cpu),
+        mean(&logical_cpu)
     );
 }
 

@@ -13,6 +13,7 @@
 //! reads the log from its in-memory position, so a PostgreSQL restart loses nothing.
 
 pub mod log;
+pub mod logical;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,11 +25,11 @@ use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, CaptureMode};
 use crate::enrich::Enricher;
 use crate::event::{Event, Position};
 use crate::hub::Hub;
-use crate::schema::WAKE_CHANNEL;
+use crate::schema::{Catalog, WAKE_CHANNEL};
 
 /// Where capture stands, for `/readyz` and `/metrics`.
 #[derive(Debug)]
@@ -86,6 +87,9 @@ pub struct Capture {
     pub config: CaptureConfig,
     pub database_url: String,
     pub tls: crate::db::Tls,
+    /// CA for the replication connection of logical mode (the pool's `database_ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub catalog: Arc<Catalog>,
     pub enricher: Enricher,
     pub hub: Arc<Hub>,
     pub status: Arc<CaptureStatus>,
@@ -99,6 +103,8 @@ enum CaptureError {
     Db(#[from] tokio_postgres::Error),
     #[error("enrich: {0}")]
     Enrich(#[from] crate::enrich::EnrichError),
+    #[error("logical capture: {0}")]
+    Logical(#[from] logical::LogicalError),
 }
 
 impl Capture {
@@ -177,6 +183,8 @@ impl Capture {
         let mut last_activity = Instant::now();
         let mut parked: Option<ParkState> = None;
         let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+        let logical = self.config.mode == CaptureMode::Logical;
+        let mut consumer: Option<AbortOnDrop<Result<(), logical::LogicalError>>> = None;
         loop {
             // The sequencer role moves to whichever replica gets the lock first; a replica
             // whose connection dies loses it with the connection.
@@ -189,9 +197,37 @@ impl Capture {
                 metrics::gauge!("rowcast_capture_sequencer").set(if leader { 1.0 } else { 0.0 });
             }
             let mut progressed = false;
-            if leader {
+            if leader && !logical {
                 let n = log::sequence(&mut client, self.config.batch_size).await?;
                 progressed = n > 0;
+            }
+            if leader && logical {
+                // The sequencer streams the slot into the log; its end ends this session
+                // (and so the lock), and the retry starts it again.
+                match &consumer {
+                    None => {
+                        consumer = Some(AbortOnDrop(tokio::spawn(
+                            logical::SlotConsumer {
+                                config: self.config.clone(),
+                                database_url: self.database_url.clone(),
+                                tls: self.tls.clone(),
+                                ca_file: self.ca_file.clone(),
+                                catalog: self.catalog.clone(),
+                                wake: wake.clone(),
+                            }
+                            .run(),
+                        )));
+                    }
+                    Some(h) if h.0.is_finished() => {
+                        let mut h = consumer.take().expect("checked");
+                        let result = (&mut h.0).await;
+                        return Err(match result {
+                            Ok(Err(e)) => e.into(),
+                            Ok(Ok(())) | Err(_) => logical::LogicalError::Ended.into(),
+                        });
+                    }
+                    Some(_) => {}
+                }
             }
             let changes = log::read_after(&client, *position, self.config.batch_size).await?;
             self.status.mark_read(*position);
@@ -220,12 +256,20 @@ impl Capture {
             if last_lag_check.elapsed() > Duration::from_secs(1) {
                 let age = log::oldest_unconsumed_age(&client, *position).await?;
                 self.status.set_lag(age);
+                if logical {
+                    let retained = logical::retained_bytes(&client, &self.config.slot).await?;
+                    metrics::gauge!("rowcast_capture_slot_retained_bytes").set(retained);
+                }
                 last_lag_check = Instant::now();
             }
             // Nothing new. Keep polling while recently active; otherwise wait for a wake-up:
             // the sequencer parks (application triggers NOTIFY it); other replicas are
             // woken by the sequencer's NOTIFY after each batch.
-            let wait = if last_activity.elapsed() < self.config.idle_after {
+            let wait = if logical {
+                // Every batch the slot consumer writes is announced (a NOTIFY, and `wake`
+                // in this process): no polling needed, only the safety poll.
+                self.config.idle_poll
+            } else if last_activity.elapsed() < self.config.idle_after {
                 self.config.active_poll
             } else if !leader {
                 self.config.idle_poll
@@ -285,9 +329,9 @@ struct ParkState {
     ttl: f64,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -9,6 +9,7 @@ mod demo;
 mod fallback;
 mod faults;
 mod helm;
+mod logical;
 mod ops;
 mod protocol;
 mod resume;

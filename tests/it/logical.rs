@@ -1,0 +1,381 @@
+//! Logical capture (`capture.mode = "logical"`): the same events from a replication slot,
+//! exactly once through kill -9 and PostgreSQL restarts, and migrate/check for the mode.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rowcast::config::CaptureMode;
+use rowcast::pgtemp::PgTempOptions;
+use serde_json::json;
+
+use crate::support::process::Proc;
+use crate::support::writer::Writer;
+use crate::support::{self, Db, ws::WsClient};
+
+fn logical(c: &mut rowcast::Config) {
+    c.capture.mode = CaptureMode::Logical;
+}
+
+/// Inserts, updates, deletes (with the old row) and key changes on the demo tables, hidden
+/// columns kept out of events and of the log, and notifications to their recipient only.
+#[tokio::test]
+async fn logical_capture_emits_every_change_without_hidden_columns() {
+    let (db, server) = support::start_with(logical).await;
+    let pg = db.client().await;
+    let problems = rowcast::schema::check(&pg, &server.config).await.unwrap();
+    assert!(problems.is_empty(), "check after migrate: {problems:?}");
+    // The application's writes add no rows to rowcast's log by themselves: only the
+    // consumer writes there.
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    for room in ["tickets", "users", "kb"] {
+        c.join(room).await;
+    }
+    let id: i64 = pg
+        .query_one(
+            "INSERT INTO tickets (subject, requester_id) VALUES ('Printer on fire', 3) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ev = c.next_event().await;
+    assert_eq!(ev["event"], "ticket.update");
+    assert_eq!(ev["payload"]["event"], "ticket.created");
+    assert_eq!(ev["payload"]["id"], json!(id));
+    assert_eq!(ev["payload"]["data"]["subject"], "Printer on fire");
+    pg.execute(
+        "UPDATE tickets SET status = 'pending' WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(ev["payload"]["event"], "ticket.updated");
+    assert_eq!(ev["payload"]["data"]["status"], "pending");
+    pg.execute("DELETE FROM tickets WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(ev["payload"]["event"], "ticket.deleted");
+    assert_eq!(ev["payload"]["old"]["subject"], "Printer on fire", "{ev}");
+    assert_eq!(ev["payload"]["old"]["status"], "pending", "{ev}");
+
+    // Users: the hash never shows, not in events, not in the log.
+    pg.execute(
+        "INSERT INTO users (email, name, role, password_hash) VALUES ('l@x.example', 'L', 'customer', 'SECRET-HASH-1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "UPDATE users SET password_hash = 'SECRET-HASH-2', name = 'Renamed' WHERE email = 'l@x.example'",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute("DELETE FROM users WHERE email = 'l@x.example'", &[])
+        .await
+        .unwrap();
+    let mut kinds: Vec<String> = Vec::new();
+    while kinds.last().is_none_or(|k| k != "user.deleted") {
+        assert!(kinds.len() < 3, "{kinds:?}");
+        let ev = c.next_event().await;
+        assert!(!ev.to_string().contains("SECRET-HASH"), "{ev}");
+        assert!(!ev.to_string().contains("password_hash"), "{ev}");
+        kinds.push(ev["payload"]["event"].as_str().unwrap().to_string());
+        if ev["payload"]["event"] == "user.deleted" {
+            assert_eq!(ev["payload"]["old"]["name"], "Renamed");
+        }
+    }
+    // (The insert and the update coalesce when one batch holds both.)
+    let leaked: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM rowcast.changes WHERE old::text LIKE '%SECRET-HASH%' OR pk::text LIKE '%SECRET-HASH%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0);
+
+    // A key change: the old key is deleted (with its old row), the new one inserted.
+    let kb: i64 = pg
+        .query_one(
+            "INSERT INTO kb_articles (title, body) VALUES ('Moving', 'x') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(c.next_event().await["payload"]["event"], "kb.created");
+    pg.execute(
+        "UPDATE kb_articles SET id = 9000, title = 'Moved' WHERE id = $1",
+        &[&kb],
+    )
+    .await
+    .unwrap();
+    let del = c.next_event().await;
+    let ins = c.next_event().await;
+    assert_eq!(del["payload"]["event"], "kb.deleted", "{del}");
+    assert_eq!(del["payload"]["id"], json!(kb));
+    assert_eq!(del["payload"]["old"]["title"], "Moving");
+    assert_eq!(ins["payload"]["event"], "kb.created", "{ins}");
+    assert_eq!(ins["payload"]["data"]["title"], "Moved");
+
+    // A notification reaches its recipient with the related entity, and nobody else.
+    let t3 = server.token("3", "customer");
+    let (mut n3, _) = WsClient::connect(&server.ws_url(&format!("token={t3}"))).await;
+    let comment: i64 = pg
+        .query_one(
+            "INSERT INTO comments (ticket_id, author_id, body) VALUES (1, 1, 'We are on it') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    pg.execute(
+        "INSERT INTO notifications (user_id, type, message, related_id, related_type) VALUES (3, 'comment', 'New reply', $1::bigint::text, 'comment')",
+        &[&comment],
+    )
+    .await
+    .unwrap();
+    let ev = n3.next_event().await;
+    assert_eq!(ev["event"], "notification", "{ev}");
+    assert_eq!(ev["payload"]["notification"]["message"], "New reply");
+    assert_eq!(ev["payload"]["data"]["body"], "We are on it");
+    assert!(
+        c.maybe_json(300).await.is_none(),
+        "agent sees no notification"
+    );
+    server.stop().await;
+}
+
+/// Transactions committing in the opposite order of their start: both delivered, in
+/// commit order, and the open one holds nothing back.
+#[tokio::test]
+async fn logical_capture_follows_commit_order() {
+    let (db, server) = support::start_with(logical).await;
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    c.join("tickets").await;
+    let mut a = db.client().await;
+    let mut b = db.client().await;
+    let ta = a.transaction().await.unwrap();
+    ta.execute("UPDATE tickets SET subject = 'from A' WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let tb = b.transaction().await.unwrap();
+    tb.execute("UPDATE tickets SET subject = 'from B' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    tb.commit().await.unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(ev["payload"]["data"]["subject"], "from B");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ta.commit().await.unwrap();
+    let ev2 = c.next_event().await;
+    assert_eq!(ev2["payload"]["data"]["subject"], "from A");
+    let seq = |e: &serde_json::Value| e["seq"].as_str().unwrap().parse::<i64>().unwrap();
+    assert!(seq(&ev2) > seq(&ev));
+    server.stop().await;
+}
+
+/// `kill -9` during a burst and a PostgreSQL restart during writes: a resuming client gets
+/// every committed insert once, and the log holds each exactly once although the slot
+/// sends the unacknowledged transactions again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let env = [("ROWCAST_CAPTURE_MODE", "logical".to_string())];
+    let mut rc = Proc::start(&config, 0, &env).await;
+    let auth = rowcast::api::auth::Authenticator::from_config(&config.jwt).unwrap();
+    let token = auth.issue("1", "agent", 600).unwrap();
+    let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
+    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    let writer = Writer::start(&db.url, "lw");
+    let mut seen = BTreeSet::new();
+    let mut last = String::new();
+    while seen.len() < 40 {
+        let ev = c.next_event().await;
+        seen.insert(ev["payload"]["id"].as_i64().unwrap());
+        last = ev["seq"].as_str().unwrap().to_string();
+    }
+    rc.kill9();
+    while let Some(v) = c.maybe_json(200).await {
+        if v["type"] == "event" {
+            seen.insert(v["payload"]["id"].as_i64().unwrap());
+            last = v["seq"].as_str().unwrap().to_string();
+        }
+    }
+    let port = rc.port;
+    drop(rc);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rc = Proc::start(&config, port, &env).await;
+    let (mut c, _) =
+        WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets&since={last}"))).await;
+    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| db.pg.restart()).expect("restart PostgreSQL");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let want = writer.stop().await;
+    assert!(want.len() > 80, "the writer kept writing ({})", want.len());
+    // rowcast keeps its sessions while it reconnects to PostgreSQL: events continue in order.
+    let mut prev: i64 = last.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.is_subset(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "missing: {:?}",
+            want.difference(&seen).take(10).collect::<Vec<_>>()
+        );
+        let ev = c.next_event().await;
+        let seq: i64 = ev["seq"].as_str().unwrap().parse().unwrap();
+        assert!(seq > prev, "in order ({prev} then {seq})");
+        prev = seq;
+        assert!(
+            seen.insert(ev["payload"]["id"].as_i64().unwrap()),
+            "no event twice: {ev}"
+        );
+    }
+    let pg = db.client().await;
+    let dups: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM (SELECT pk FROM rowcast.changes
+               WHERE tbl = 'public.tickets' AND op = 'i' GROUP BY pk HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dups, 0, "each insert is in the log once");
+    let logged: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM rowcast.changes WHERE tbl = 'public.tickets' AND op = 'i'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        logged as usize,
+        want.len(),
+        "every committed insert is logged"
+    );
+    drop(rc);
+}
+
+/// `migrate` sets up the publication and the slot; `check` notices what is missing; going
+/// back to trigger mode removes the slot (an idle slot would keep WAL forever); a server
+/// without `wal_level = logical` gets a clear refusal.
+#[tokio::test]
+async fn logical_mode_migrate_check_and_switch_back() {
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let pg = db.client().await;
+    let slot: Option<String> = pg
+        .query_opt(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = 'rowcast'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    assert_eq!(slot.as_deref(), Some("pgoutput"));
+    let published: Vec<String> = pg
+        .query(
+            "SELECT tablename || ':' || array_to_string(attnames, ',') FROM pg_publication_tables
+              WHERE pubname = 'rowcast' ORDER BY tablename",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        published.contains(&"users:id".to_string()),
+        "only key columns are published: {published:?}"
+    );
+    assert_eq!(published.len(), 6, "{published:?}");
+    // Migrating again is a no-op that succeeds.
+    db.migrate(&config).await;
+    assert!(
+        rowcast::schema::check(&pg, &config)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    pg.batch_execute("ALTER PUBLICATION rowcast DROP TABLE comments")
+        .await
+        .unwrap();
+    pg.execute("SELECT pg_drop_replication_slot('rowcast')", &[])
+        .await
+        .unwrap();
+    let problems = rowcast::schema::check(&pg, &config).await.unwrap();
+    let text = problems.join("\n");
+    assert!(
+        text.contains("replication slot rowcast does not exist"),
+        "{text}"
+    );
+    assert!(
+        text.contains("public.comments: not in publication rowcast"),
+        "{text}"
+    );
+    db.migrate(&config).await;
+    assert!(
+        rowcast::schema::check(&pg, &config)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Back to triggers: the slot and publication go, the full trigger comes back.
+    let mut triggers = db.config();
+    triggers.capture.mode = CaptureMode::Triggers;
+    let mut client = db.client().await;
+    let report = rowcast::schema::migrate(&mut client, &triggers)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(
+        report.contains("replication slot rowcast dropped"),
+        "{report}"
+    );
+    assert!(report.contains("publication rowcast dropped"), "{report}");
+    let slots: i64 = pg
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+    assert!(
+        rowcast::schema::check(&pg, &triggers)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A server with wal_level = replica: migrate refuses and says what to do.
+    let replica = Db::start_with(PgTempOptions {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut config = replica.config();
+    logical(&mut config);
+    let mut client = replica.client().await;
+    let err = rowcast::schema::migrate(&mut client, &config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wal_level = logical") && err.contains("ALTER SYSTEM"),
+        "{err}"
+    );
+}
