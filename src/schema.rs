@@ -77,6 +77,14 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Adds a resolved table.
+    pub fn push(&mut self, spec: TableSpec) {
+        self.by_name.insert(spec.name.clone(), self.tables.len());
+        self.by_entity
+            .insert(spec.config.entity.clone(), self.tables.len());
+        self.tables.push(Arc::new(spec));
+    }
+
     pub fn by_name(&self, name: &str) -> Option<&Arc<TableSpec>> {
         self.by_name.get(name).map(|&i| &self.tables[i])
     }
@@ -611,11 +619,7 @@ pub async fn resolve<C: GenericClient>(
                 key,
                 columns: columns.into_iter().map(|(n, _)| n).collect(),
             };
-            catalog.by_name.insert(name, catalog.tables.len());
-            catalog
-                .by_entity
-                .insert(tc.entity.clone(), catalog.tables.len());
-            catalog.tables.push(Arc::new(spec));
+            catalog.push(spec);
         }
     }
     Ok((catalog, problems))

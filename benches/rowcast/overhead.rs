@@ -75,6 +75,7 @@ async fn one(seconds: u64, sync: &str) {
         ("triggers", vec![]),
         ("triggers without the parked check", vec![]),
         ("triggers + rowcast consuming", vec![]),
+        ("logical decoding only (pg_recvlogical discards)", vec![]),
         ("logical decoding + rowcast consuming", vec![]),
     ];
     let mut rowcast_cpu = Vec::new();
@@ -105,13 +106,29 @@ async fn one(seconds: u64, sync: &str) {
         // Logical decoding: the capture trigger is replaced by the delete/key-change one
         // (it does not fire on these updates) and rowcast streams the slot.
         setup::migrate_now(&logical_config).await;
+        // What decoding itself costs the server: a client that streams the slot (same
+        // publication, pgoutput) and throws the changes away.
+        client
+            .batch_execute("SELECT pg_create_logical_replication_slot('bench_discard', 'pgoutput')")
+            .await
+            .expect("slot");
+        let mut discard = recvlogical(&pg, "bench_discard");
+        std::thread::sleep(Duration::from_secs(1));
+        results[4].1.push(measured(&pg, &client, seconds).await);
+        let _ = discard.kill();
+        let _ = discard.wait();
+        std::thread::sleep(Duration::from_millis(500));
+        client
+            .batch_execute("SELECT pg_drop_replication_slot('bench_discard')")
+            .await
+            .expect("drop slot");
         let rc = Rowcast::start(
             &logical_config,
             &[("ROWCAST_CAPTURE_MODE", "logical".to_string())],
         );
         std::thread::sleep(Duration::from_secs(1));
         let cpu = rc.cpu_secs();
-        results[4].1.push(measured(&pg, &client, seconds).await);
+        results[5].1.push(measured(&pg, &client, seconds).await);
         logical_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
         drop(rc);
         client.batch_execute(clean).await.expect("clean");
@@ -139,6 +156,34 @@ async fn one(seconds: u64, sync: &str) {
         mean(&rowcast_cpu),
         mean(&logical_cpu)
     );
+}
+
+/// `pg_recvlogical` streaming `slot` (publication `rowcast`) to /dev/null.
+fn recvlogical(pg: &PgTemp, slot: &str) -> std::process::Child {
+    Command::new(pg.bin_dir().join("pg_recvlogical"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "--slot",
+            slot,
+        ])
+        .arg("-p")
+        .arg(pg.port().to_string())
+        .args([
+            "--start",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=rowcast",
+            "-f",
+            "/dev/null",
+        ])
+        .spawn()
+        .expect("run pg_recvlogical")
 }
 
 /// One pgbench run: TPS and the WAL written per transaction (by everyone, rowcast included).

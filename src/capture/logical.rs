@@ -544,3 +544,135 @@ fn pg_time(micros: i64) -> OffsetDateTime {
     )
     .unwrap_or_else(|_| OffsetDateTime::now_utc())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::KeyColumn;
+    use pg_walstream::protocol::ColumnInfo;
+
+    fn catalog() -> Arc<Catalog> {
+        let mut catalog = Catalog::default();
+        let config = crate::config::default_tables()
+            .into_iter()
+            .find(|t| t.entity == "ticket")
+            .expect("tickets in the default mapping");
+        catalog.push(TableSpec {
+            config,
+            name: "public.tickets".into(),
+            quoted: "\"public\".\"tickets\"".into(),
+            key: vec![KeyColumn {
+                name: "id".into(),
+                sql_type: "bigint".into(),
+            }],
+            columns: vec!["id".into(), "subject".into()],
+        });
+        Arc::new(catalog)
+    }
+
+    fn relation(d: &mut Decoder) {
+        d.message(LogicalReplicationMessage::Relation {
+            relation_id: 16400,
+            namespace: "public".into(),
+            relation_name: "tickets".into(),
+            replica_identity: b'd',
+            columns: vec![ColumnInfo::new(1, "id".into(), 20, -1)],
+        })
+        .unwrap();
+    }
+
+    fn tuple(id: &str) -> TupleData {
+        TupleData::new(vec![ColumnData::text(id.as_bytes().to_vec())])
+    }
+
+    #[test]
+    fn keys_are_typed_like_to_jsonb() {
+        let text = |s: &str| ColumnData::text(s.as_bytes().to_vec());
+        assert_eq!(json_value(&text("42"), 20), serde_json::json!(42));
+        assert_eq!(json_value(&text("1.5"), 1700), serde_json::json!(1.5));
+        assert_eq!(json_value(&text("t"), 16), serde_json::json!(true));
+        assert_eq!(json_value(&text("0b4a…"), 2950), serde_json::json!("0b4a…"));
+        assert_eq!(json_value(&ColumnData::null(), 20), Value::Null);
+    }
+
+    #[test]
+    fn deletes_get_their_old_row_from_the_message_and_key_changes_split() {
+        let mut d = Decoder::new(catalog());
+        d.begin();
+        relation(&mut d);
+        d.message(LogicalReplicationMessage::Insert {
+            relation_id: 16400,
+            tuple: tuple("1"),
+        })
+        .unwrap();
+        d.message(LogicalReplicationMessage::Update {
+            relation_id: 16400,
+            old_tuple: None,
+            new_tuple: tuple("1"),
+            key_type: None,
+        })
+        .unwrap();
+        // A key change: old key 2 → new key 3; its old row arrives as a message after it.
+        d.message(LogicalReplicationMessage::Update {
+            relation_id: 16400,
+            old_tuple: Some(tuple("2")),
+            new_tuple: tuple("3"),
+            key_type: Some('K'),
+        })
+        .unwrap();
+        d.old_row(br#"{"t":"public.tickets","old":{"id":2,"subject":"two"}}"#)
+            .unwrap();
+        d.message(LogicalReplicationMessage::Delete {
+            relation_id: 16400,
+            old_tuple: tuple("1"),
+            key_type: 'K',
+        })
+        .unwrap();
+        d.old_row(br#"{"t":"public.tickets","old":{"id":1,"subject":"one"}}"#)
+            .unwrap();
+        // A delete whose trigger is missing: the key stands in for the old row.
+        d.message(LogicalReplicationMessage::Delete {
+            relation_id: 16400,
+            old_tuple: tuple("9"),
+            key_type: 'K',
+        })
+        .unwrap();
+        // Changes of tables rowcast does not capture are ignored.
+        d.message(LogicalReplicationMessage::Insert {
+            relation_id: 99,
+            tuple: tuple("5"),
+        })
+        .unwrap();
+        d.old_row(br#"{"t":"public.other","old":{"id":5}}"#)
+            .unwrap();
+        let got: Vec<(char, String, Option<String>)> = d
+            .commit()
+            .into_iter()
+            .map(|c| (c.op, c.pk.to_string(), c.old.map(|o| o.to_string())))
+            .collect();
+        let want = vec![
+            ('i', "[1]".to_string(), None),
+            ('u', "[1]".to_string(), None),
+            (
+                'd',
+                "[2]".to_string(),
+                Some(r#"{"id":2,"subject":"two"}"#.to_string()),
+            ),
+            ('i', "[3]".to_string(), None),
+            (
+                'd',
+                "[1]".to_string(),
+                Some(r#"{"id":1,"subject":"one"}"#.to_string()),
+            ),
+            ('d', "[9]".to_string(), Some(r#"{"id":9}"#.to_string())),
+        ];
+        assert_eq!(got, want);
+        assert!(!d.in_transaction());
+    }
+
+    #[test]
+    fn commit_times_count_from_2000() {
+        assert_eq!(pg_time(0).unix_timestamp(), 946_684_800);
+        assert_eq!(pg_time(1_000_000).unix_timestamp(), 946_684_801);
+    }
+}
