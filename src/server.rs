@@ -91,7 +91,22 @@ pub async fn run(
     if !installed {
         return Err(RunError::NotMigrated);
     }
-    let (catalog, problems) = schema::resolve(&**client, &config.tables).await?;
+    let (catalog, mut problems) = schema::resolve(&**client, &config.tables).await?;
+    if config.capture.mode == crate::config::CaptureMode::Logical {
+        let slot = &config.capture.slot;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            problems.push(format!(
+                "capture.mode = \"logical\" but replication slot {slot} does not exist: run `rowcast migrate` with the same configuration"
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(RunError::Mismatch(problems));
     }

@@ -64,12 +64,28 @@ async fn one(seconds: u64, sync: &str) {
     println!(
         "\n## capture-overhead (pgbench single-row UPDATE, 8 clients, {seconds} s per run, fsync=on, synchronous_commit={sync})\n"
     );
+    let statements = std::env::var_os("BENCH_STATEMENTS").is_some();
+    let mut settings = vec![("synchronous_commit".to_string(), sync.to_string())];
+    if statements {
+        settings.push((
+            "shared_preload_libraries".into(),
+            "pg_stat_statements".into(),
+        ));
+        settings.push(("pg_stat_statements.track".into(), "all".into()));
+    }
     let pg = PgTemp::start(PgTempOptions {
         fsync: true,
-        settings: vec![("synchronous_commit".into(), sync.into())],
+        settings,
     })
     .expect("PostgreSQL");
     let (client, config) = setup::database(&pg, 10_000, false).await;
+    if statements {
+        client
+            .batch_execute("CREATE EXTENSION pg_stat_statements")
+            .await
+            .expect("pg_stat_statements");
+    }
+    let mut breakdown = Vec::new();
     let mut results: Vec<(&str, Vec<(f64, f64)>)> = vec![
         ("no capture", vec![]),
         ("triggers", vec![]),
@@ -108,8 +124,13 @@ async fn one(seconds: u64, sync: &str) {
         setup::migrate_now(&logical_config).await;
         // What decoding itself costs the server: a client that streams the slot (same
         // publication, pgoutput) and throws the changes away.
+        // (rowcast's own slot is created afresh afterwards, so that it does not start with
+        // this run's changes as a backlog.)
         client
-            .batch_execute("SELECT pg_create_logical_replication_slot('bench_discard', 'pgoutput')")
+            .batch_execute(
+                "SELECT pg_drop_replication_slot('rowcast');
+                 SELECT pg_create_logical_replication_slot('bench_discard', 'pgoutput')",
+            )
             .await
             .expect("slot");
         let mut discard = recvlogical(&pg, "bench_discard");
@@ -122,13 +143,23 @@ async fn one(seconds: u64, sync: &str) {
             .batch_execute("SELECT pg_drop_replication_slot('bench_discard')")
             .await
             .expect("drop slot");
+        setup::migrate_now(&logical_config).await;
         let rc = Rowcast::start(
             &logical_config,
             &[("ROWCAST_CAPTURE_MODE", "logical".to_string())],
         );
         std::thread::sleep(Duration::from_secs(1));
         let cpu = rc.cpu_secs();
+        if statements {
+            client
+                .batch_execute("SELECT pg_stat_statements_reset()")
+                .await
+                .expect("reset");
+        }
         results[5].1.push(measured(&pg, &client, seconds).await);
+        if statements && round == 0 {
+            breakdown = statement_times(&client).await;
+        }
         logical_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
         drop(rc);
         client.batch_execute(clean).await.expect("clean");
@@ -156,6 +187,39 @@ async fn one(seconds: u64, sync: &str) {
         mean(&rowcast_cpu),
         mean(&logical_cpu)
     );
+    if !breakdown.is_empty() {
+        println!(
+            "\nDatabase time by statement while rowcast consumed the slot (first round, `BENCH_STATEMENTS=1`):\n"
+        );
+        println!("| statement | calls | rows | total ms | µs per row |");
+        println!("|---|---|---|---|---|");
+        for line in breakdown {
+            println!("{line}");
+        }
+    }
+}
+
+/// The ten statements that took the most execution time since the last reset, as table rows.
+async fn statement_times(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls, rows, total_exec_time
+               FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements")
+        .iter()
+        .map(|r| {
+            let (q, calls, rows, ms): (String, i64, i64, f64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            format!(
+                "| `{}` | {calls} | {rows} | {ms:.0} | {:.1} |",
+                q.replace('|', "\\|"),
+                ms * 1000.0 / rows.max(1) as f64
+            )
+        })
+        .collect()
 }
 
 /// `pg_recvlogical` streaming `slot` (publication `rowcast`) to /dev/null.

@@ -11,6 +11,10 @@
 //! value has finished. A safety poll every `idle_poll` covers lost notifications (a
 //! reconnect). After any reconnect it
 //! reads the log from its in-memory position, so a PostgreSQL restart loses nothing.
+//!
+//! In logical mode (`capture.mode = "logical"`) the sequencer does not stamp trigger rows:
+//! it streams the replication slot into the log with `seq` already set (`logical`), and
+//! every batch it writes wakes the readers, so nobody polls or parks.
 
 pub mod log;
 pub mod logical;

@@ -360,6 +360,20 @@ async fn logical_mode_migrate_check_and_switch_back() {
             .unwrap()
             .is_empty()
     );
+    // Serving in logical mode without the slot is refused at start, with what to do.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = rowcast::run(
+        config.clone(),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("replication slot rowcast does not exist") && err.contains("rowcast migrate"),
+        "{err}"
+    );
 
     // A server with wal_level = replica: migrate refuses and says what to do.
     let replica = Db::start_with(PgTempOptions {
