@@ -11,6 +11,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::OriginalUri;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Uri};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
@@ -67,6 +71,60 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         io.close().await;
     });
     layer
+}
+
+/// Middleware for the Socket.IO path (outside [`layer`]): gives the request's URI and header
+/// values one small allocation of their own.
+///
+/// hyper parses them as slices of the connection's HTTP/1 read buffer (8–16 KiB), and
+/// engine.io keeps the head of the request that opened a socket for the socket's whole
+/// life (`SocketRef::req_parts`): without the copy every Socket.IO connection pins that
+/// buffer after the upgrade (docs/benchmarks.md, "memory").
+pub async fn own_request_head(req: axum::extract::Request) -> axum::extract::Request {
+    if !req.uri().path().starts_with("/socket.io") {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    own_head(&mut parts);
+    axum::extract::Request::from_parts(parts, body)
+}
+
+fn own_head(parts: &mut Parts) {
+    let uri = parts.uri.to_string();
+    // axum's router keeps a clone of the URI as it arrived (for `OriginalUri`).
+    let original = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map(|o| o.0.to_string())
+        .unwrap_or_default();
+    let values: usize = parts.headers.values().map(HeaderValue::len).sum();
+    let mut buf = BytesMut::with_capacity(uri.len() + original.len() + values);
+    buf.extend_from_slice(uri.as_bytes());
+    buf.extend_from_slice(original.as_bytes());
+    for v in parts.headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    if let Ok(owned) = Uri::from_maybe_shared(buf.slice(..uri.len())) {
+        parts.uri = owned;
+    }
+    let mut at = uri.len();
+    if !original.is_empty() {
+        let end = at + original.len();
+        if let Ok(owned) = Uri::from_maybe_shared(buf.slice(at..end)) {
+            parts.extensions.insert(OriginalUri(owned));
+        }
+        at = end;
+    }
+    // `values` and `values_mut` visit the same values in the same order.
+    for v in parts.headers.values_mut() {
+        let end = at + v.len();
+        if let Ok(mut owned) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            owned.set_sensitive(v.is_sensitive());
+            *v = owned;
+        }
+        at = end;
+    }
 }
 
 /// A join or leave request, answered by the socket's task so that the acknowledgement and
@@ -486,6 +544,38 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_head_is_copied_unchanged() {
+        let req = axum::http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket&token=abc")
+            .header("host", "127.0.0.1:8080")
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let original = OriginalUri(parts.uri.clone());
+        parts.extensions.insert(original);
+        parts
+            .headers
+            .get_mut("sec-websocket-key")
+            .unwrap()
+            .set_sensitive(true);
+        let before = parts.clone();
+        own_head(&mut parts);
+        assert_eq!(parts.uri, before.uri);
+        assert_eq!(
+            parts.uri.query(),
+            Some("EIO=4&transport=websocket&token=abc")
+        );
+        assert_eq!(parts.extensions.get::<OriginalUri>().unwrap().0, before.uri);
+        assert_eq!(parts.headers, before.headers);
+        let multi: Vec<_> = parts.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two"]);
+        assert!(parts.headers["sec-websocket-key"].is_sensitive());
+    }
 
     #[test]
     fn rooms_are_a_name_or_an_array() {
