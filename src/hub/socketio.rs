@@ -7,7 +7,7 @@
 //! `notification`, ...) with the contract payload, `resync_required`, and `rowcast:error`
 //! right before the server disconnects a socket (too slow, token expired, resume failed).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const FULL_BACKOFF: Duration = Duration::from_millis(10);
 /// `join` / `leave` requests waiting for the socket's task; more are refused with `busy`.
 const PENDING_REQUESTS: usize = 16;
+/// engine.io's WebSocket read buffer per socket (its default is 4 KiB). Clients only send
+/// small join/leave requests; a longer frame still arrives whole, in several reads.
+const WS_READ_BUFFER: usize = 1024;
 /// Events per catch-up page.
 const CATCH_UP_PAGE: usize = 500;
 
@@ -59,6 +62,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         .with_state(app.clone())
         .ping_interval(app.config.hub.ping_interval)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         // Clients only send small join/leave requests.
         .max_payload(app.config.hub.max_frame_bytes as u64)
         .ws_max_message_size(app.config.hub.max_frame_bytes.saturating_mul(16))
@@ -134,10 +138,68 @@ enum Request {
     Leave(Vec<String>, AckSender),
 }
 
+/// The socket's pending join/leave requests, filled by its event handlers and drained in
+/// order by its task. (A queue rather than a channel: an idle socket holds no buffer.)
+#[derive(Default)]
+struct Requests {
+    pending: Mutex<Pending>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Request>,
+    /// The socket's task has ended: requests are dropped unanswered. (Queued requests hold
+    /// the socket, whose handlers hold this queue: they must not outlive the task.)
+    closed: bool,
+}
+
+impl Requests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a request, or gives it back when [`PENDING_REQUESTS`] are already waiting.
+    fn push(&self, req: Request) -> Result<(), Request> {
+        let mut pending = self.lock();
+        if pending.closed {
+            return Ok(());
+        }
+        if pending.queue.len() >= PENDING_REQUESTS {
+            return Err(req);
+        }
+        pending.queue.push_back(req);
+        drop(pending);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The oldest request, waiting for one if there is none.
+    async fn next(&self) -> Request {
+        loop {
+            if let Some(req) = self.lock().queue.pop_front() {
+                return req;
+            }
+            // A push since the check left a permit: this returns at once.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Drops the queued requests and refuses later ones.
+    fn close(&self) {
+        let queue = {
+            let mut pending = self.lock();
+            pending.closed = true;
+            std::mem::take(&mut pending.queue)
+        };
+        drop(queue);
+    }
+}
+
 /// What the middleware prepared for the connect handler (taken exactly once).
 struct Prepared {
     session: Session,
-    requests_rx: mpsc::Receiver<Request>,
+    requests: Arc<Requests>,
     gone: CancellationToken,
 }
 
@@ -198,10 +260,10 @@ async fn authenticate(
     if let Some(s) = since {
         session.set_resume(s);
     }
-    let (requests_tx, requests_rx) = mpsc::channel(PENDING_REQUESTS);
+    let requests = Arc::new(Requests::default());
     let gone = CancellationToken::new();
     for (name, is_join) in [("join", true), ("leave", false)] {
-        let tx = requests_tx.clone();
+        let tx = requests.clone();
         socket.on(
             name,
             async move |TryData(v): TryData<Value>, ack: AckSender| {
@@ -220,7 +282,7 @@ async fn authenticate(
                 } else {
                     Request::Leave(rooms, ack)
                 };
-                if let Err(mpsc::error::TrySendError::Full(req)) = tx.try_send(req) {
+                if let Err(req) = tx.push(req) {
                     let (Request::Join(_, ack) | Request::Leave(_, ack)) = req;
                     let msg = "too many join/leave requests in flight; wait for their answers";
                     let _ = ack.send(&refusal("busy", msg));
@@ -234,7 +296,7 @@ async fn authenticate(
         .extensions
         .insert(PreparedSlot(Arc::new(Mutex::new(Some(Prepared {
             session,
-            requests_rx,
+            requests,
             gone,
         })))));
     Ok(())
@@ -252,7 +314,7 @@ async fn on_connect(
     Conn {
         socket,
         session: p.session,
-        requests_rx: p.requests_rx,
+        requests: p.requests,
         gone: p.gone,
         shutdown: app.shutdown.clone(),
         caught_up: HashSet::new(),
@@ -289,13 +351,19 @@ fn refusal(code: &str, message: &str) -> Value {
 struct Conn {
     socket: SocketRef,
     session: Session,
-    requests_rx: mpsc::Receiver<Request>,
+    requests: Arc<Requests>,
     /// Cancelled when the client disconnected.
     gone: CancellationToken,
     shutdown: CancellationToken,
     /// Rooms that already received their resume catch-up.
     caught_up: HashSet<String>,
     last_sent: Option<Position>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.requests.close();
+    }
 }
 
 enum Flow {
@@ -320,13 +388,16 @@ impl Conn {
             let user_room = format!("user:{}", self.session.user.sub);
             self.caught_up.insert(user_room.clone());
             let until = self.session.opened_at();
-            if let Flow::Stop = self.catch_up(vec![user_room], since, until).await {
+            // Boxed, like the other rare paths below: keeps the idle per-socket task small.
+            let caught_up = Box::pin(self.catch_up(vec![user_room], since, until)).await;
+            if let Flow::Stop = caught_up {
                 return;
             }
         }
         let kicked = self.session.kicked.clone();
         let gone = self.gone.clone();
         let shutdown = self.shutdown.clone();
+        let requests = self.requests.clone();
         loop {
             let expiry = super::ws::expiry_sleep(&self.session);
             let flow = tokio::select! {
@@ -337,19 +408,19 @@ impl Conn {
                 _ = gone.cancelled() => Flow::Stop,
                 // 3. Too slow: the hub dropped us from every room.
                 _ = kicked.cancelled() => {
-                    self.close_too_slow().await;
+                    Box::pin(self.close_too_slow()).await;
                     Flow::Stop
                 }
                 // 4. Token lifetime.
                 _ = expiry => {
-                    self.close("token_expired", "token expired; reconnect with a new token".into()).await;
+                    let msg = "token expired; reconnect with a new token";
+                    Box::pin(self.close("token_expired", msg.into())).await;
                     Flow::Stop
                 }
                 // 5. join / leave.
-                r = self.requests_rx.recv() => match r {
-                    Some(Request::Join(rooms, ack)) => self.join(rooms, ack).await,
-                    Some(Request::Leave(rooms, ack)) => self.leave(rooms, ack),
-                    None => Flow::Stop,
+                r = requests.next() => match r {
+                    Request::Join(rooms, ack) => Box::pin(self.join(rooms, ack)).await,
+                    Request::Leave(rooms, ack) => self.leave(rooms, ack),
                 },
                 // 6. Live events.
                 d = self.session.rx.recv() => match d {
@@ -475,7 +546,7 @@ impl Conn {
         match self.emit(name, data, true).await {
             Sent::Yes => Flow::Continue,
             Sent::TooSlow => {
-                self.close_too_slow().await;
+                Box::pin(self.close_too_slow()).await;
                 Flow::Stop
             }
             Sent::Closed => Flow::Stop,
@@ -486,17 +557,35 @@ impl Conn {
     /// the event waits here (and later ones in the bounded session queue, whose overflow
     /// kicks the session); a buffer full for [`WRITE_TIMEOUT`] counts as too slow.
     async fn emit<T: Serialize + ?Sized>(&self, name: &str, data: &T, watch_kick: bool) -> Sent {
+        match self.try_emit(name, data) {
+            Some(sent) => sent,
+            // Boxed: the waiting state stays out of the idle per-socket task.
+            None => Box::pin(self.emit_when_room(name, data, watch_kick)).await,
+        }
+    }
+
+    /// One emit attempt; `None` while the socket's buffer is full.
+    fn try_emit<T: Serialize + ?Sized>(&self, name: &str, data: &T) -> Option<Sent> {
+        match self.socket.emit(name, data) {
+            Ok(()) => Some(Sent::Yes),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => None,
+            Err(SendError::Socket(_)) => Some(Sent::Closed),
+            Err(SendError::Serialize(e)) => {
+                tracing::error!(error = %e, event = name, "cannot encode a Socket.IO event");
+                Some(Sent::Yes)
+            }
+        }
+    }
+
+    /// [`Self::emit`] while the socket's buffer is full: retries until there is room.
+    async fn emit_when_room<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+        watch_kick: bool,
+    ) -> Sent {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
-            match self.socket.emit(name, data) {
-                Ok(()) => return Sent::Yes,
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
-                Err(SendError::Socket(_)) => return Sent::Closed,
-                Err(SendError::Serialize(e)) => {
-                    tracing::error!(error = %e, event = name, "cannot encode a Socket.IO event");
-                    return Sent::Yes;
-                }
-            }
             if Instant::now() >= deadline {
                 return Sent::TooSlow;
             }
@@ -505,6 +594,9 @@ impl Conn {
                 _ = self.session.kicked.cancelled(), if watch_kick => return Sent::TooSlow,
                 _ = self.gone.cancelled() => return Sent::Closed,
                 _ = self.shutdown.cancelled() => return Sent::Closed,
+            }
+            if let Some(sent) = self.try_emit(name, data) {
+                return sent;
             }
         }
     }
