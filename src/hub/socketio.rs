@@ -30,6 +30,9 @@ use crate::api::AppState;
 use crate::api::auth::AuthError;
 use crate::event::Position;
 
+/// Where Socket.IO is served (socketioxide's default, set explicitly for
+/// [`own_request_head`]).
+const PATH: &str = "/socket.io";
 /// How long one emit may wait for room in the socket's buffer before the client counts as
 /// too slow.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +64,7 @@ pub enum ConnectError {
 pub fn layer(app: AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         .with_state(app.clone())
+        .req_path(PATH)
         .ping_interval(app.config.hub.ping_interval)
         .ws_read_buffer_size(WS_READ_BUFFER)
         // Clients only send small join/leave requests.
@@ -85,7 +89,7 @@ pub fn layer(app: AppState) -> SocketIoLayer {
 /// life (`SocketRef::req_parts`): without the copy every Socket.IO connection pins that
 /// buffer after the upgrade (docs/benchmarks.md, "memory").
 pub async fn own_request_head(req: axum::extract::Request) -> axum::extract::Request {
-    if !req.uri().path().starts_with("/socket.io") {
+    if !req.uri().path().starts_with(PATH) {
         return req;
     }
     let (mut parts, body) = req.into_parts();
