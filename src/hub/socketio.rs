@@ -673,6 +673,32 @@ mod tests {
         assert!(parts.headers["sec-websocket-key"].is_sensitive());
     }
 
+    /// The point of the copy: nothing in the head still refers to the buffer it was parsed
+    /// from (hyper's read buffer), so the buffer is freed once the request is handled.
+    #[test]
+    fn the_copied_head_does_not_hold_the_read_buffer() {
+        let (path, host) = ("/socket.io/?EIO=4&transport=websocket", "localhost");
+        let mut read_buffer = vec![0u8; 16 * 1024];
+        read_buffer[..path.len()].copy_from_slice(path.as_bytes());
+        read_buffer[path.len()..path.len() + host.len()].copy_from_slice(host.as_bytes());
+        let read_buffer = bytes::Bytes::from(read_buffer);
+        let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+        parts.uri = Uri::from_maybe_shared(read_buffer.slice(..path.len())).unwrap();
+        parts.extensions.insert(OriginalUri(parts.uri.clone()));
+        let host_value = read_buffer.slice(path.len()..path.len() + host.len());
+        let host_value = HeaderValue::from_maybe_shared(host_value).unwrap();
+        parts.headers.insert("host", host_value);
+        assert!(!read_buffer.is_unique());
+        own_head(&mut parts);
+        assert!(
+            read_buffer.is_unique(),
+            "a copied part still refers to the buffer"
+        );
+        assert_eq!(parts.uri, path);
+        assert_eq!(parts.extensions.get::<OriginalUri>().unwrap().0, path);
+        assert_eq!(parts.headers["host"], host);
+    }
+
     #[test]
     fn rooms_are_a_name_or_an_array() {
         assert_eq!(parse_rooms(&json!("tickets")), Some(vec!["tickets".into()]));
