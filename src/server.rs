@@ -271,6 +271,9 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(socketio)
+        .layer(axum::middleware::map_request(
+            hub::socketio::own_request_head,
+        ))
         .layer(cors)
         .with_state(state)
 }

@@ -7,17 +7,21 @@
 //! `notification`, ...) with the contract payload, `resync_required`, and `rowcast:error`
 //! right before the server disconnects a socket (too slow, token expired, resume failed).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::OriginalUri;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Uri};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +30,9 @@ use crate::api::AppState;
 use crate::api::auth::AuthError;
 use crate::event::Position;
 
+/// Where Socket.IO is served (socketioxide's default, set explicitly for
+/// [`own_request_head`]).
+const PATH: &str = "/socket.io";
 /// How long one emit may wait for room in the socket's buffer before the client counts as
 /// too slow.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +40,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const FULL_BACKOFF: Duration = Duration::from_millis(10);
 /// `join` / `leave` requests waiting for the socket's task; more are refused with `busy`.
 const PENDING_REQUESTS: usize = 16;
+/// engine.io's WebSocket read buffer per socket (its default is 4 KiB). Clients only send
+/// small join/leave requests; a longer frame still arrives whole, in several reads.
+const WS_READ_BUFFER: usize = 1024;
 /// Events per catch-up page.
 const CATCH_UP_PAGE: usize = 500;
 
@@ -54,7 +64,9 @@ pub enum ConnectError {
 pub fn layer(app: AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         .with_state(app.clone())
+        .req_path(PATH)
         .ping_interval(app.config.hub.ping_interval)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         // Clients only send small join/leave requests.
         .max_payload(app.config.hub.max_frame_bytes as u64)
         .ws_max_message_size(app.config.hub.max_frame_bytes.saturating_mul(16))
@@ -69,6 +81,60 @@ pub fn layer(app: AppState) -> SocketIoLayer {
     layer
 }
 
+/// Middleware for the Socket.IO path (outside [`layer`]): gives the request's URI and header
+/// values one small allocation of their own.
+///
+/// hyper parses them as slices of the connection's HTTP/1 read buffer (8–16 KiB), and
+/// engine.io keeps the head of the request that opened a socket for the socket's whole
+/// life (`SocketRef::req_parts`): without the copy every Socket.IO connection pins that
+/// buffer after the upgrade (docs/benchmarks.md, "memory").
+pub async fn own_request_head(req: axum::extract::Request) -> axum::extract::Request {
+    if !req.uri().path().starts_with(PATH) {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    own_head(&mut parts);
+    axum::extract::Request::from_parts(parts, body)
+}
+
+fn own_head(parts: &mut Parts) {
+    let uri = parts.uri.to_string();
+    // axum's router keeps a clone of the URI as it arrived (for `OriginalUri`).
+    let original = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map(|o| o.0.to_string())
+        .unwrap_or_default();
+    let values: usize = parts.headers.values().map(HeaderValue::len).sum();
+    let mut buf = BytesMut::with_capacity(uri.len() + original.len() + values);
+    buf.extend_from_slice(uri.as_bytes());
+    buf.extend_from_slice(original.as_bytes());
+    for v in parts.headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    if let Ok(owned) = Uri::from_maybe_shared(buf.slice(..uri.len())) {
+        parts.uri = owned;
+    }
+    let mut at = uri.len();
+    if !original.is_empty() {
+        let end = at + original.len();
+        if let Ok(owned) = Uri::from_maybe_shared(buf.slice(at..end)) {
+            parts.extensions.insert(OriginalUri(owned));
+        }
+        at = end;
+    }
+    // `values` and `values_mut` visit the same values in the same order.
+    for v in parts.headers.values_mut() {
+        let end = at + v.len();
+        if let Ok(mut owned) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            owned.set_sensitive(v.is_sensitive());
+            *v = owned;
+        }
+        at = end;
+    }
+}
+
 /// A join or leave request, answered by the socket's task so that the acknowledgement and
 /// the catch-up are ordered with live events.
 enum Request {
@@ -76,10 +142,68 @@ enum Request {
     Leave(Vec<String>, AckSender),
 }
 
+/// The socket's pending join/leave requests, filled by its event handlers and drained in
+/// order by its task. (A queue rather than a channel: an idle socket holds no buffer.)
+#[derive(Default)]
+struct Requests {
+    pending: Mutex<Pending>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Request>,
+    /// The socket's task has ended: requests are dropped unanswered. (Queued requests hold
+    /// the socket, whose handlers hold this queue: they must not outlive the task.)
+    closed: bool,
+}
+
+impl Requests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a request, or gives it back when [`PENDING_REQUESTS`] are already waiting.
+    fn push(&self, req: Request) -> Result<(), Request> {
+        let mut pending = self.lock();
+        if pending.closed {
+            return Ok(());
+        }
+        if pending.queue.len() >= PENDING_REQUESTS {
+            return Err(req);
+        }
+        pending.queue.push_back(req);
+        drop(pending);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The oldest request, waiting for one if there is none.
+    async fn next(&self) -> Request {
+        loop {
+            if let Some(req) = self.lock().queue.pop_front() {
+                return req;
+            }
+            // A push since the check left a permit: this returns at once.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Drops the queued requests and refuses later ones.
+    fn close(&self) {
+        let queue = {
+            let mut pending = self.lock();
+            pending.closed = true;
+            std::mem::take(&mut pending.queue)
+        };
+        drop(queue);
+    }
+}
+
 /// What the middleware prepared for the connect handler (taken exactly once).
 struct Prepared {
     session: Session,
-    requests_rx: mpsc::Receiver<Request>,
+    requests: Arc<Requests>,
     gone: CancellationToken,
 }
 
@@ -140,10 +264,10 @@ async fn authenticate(
     if let Some(s) = since {
         session.set_resume(s);
     }
-    let (requests_tx, requests_rx) = mpsc::channel(PENDING_REQUESTS);
+    let requests = Arc::new(Requests::default());
     let gone = CancellationToken::new();
     for (name, is_join) in [("join", true), ("leave", false)] {
-        let tx = requests_tx.clone();
+        let tx = requests.clone();
         socket.on(
             name,
             async move |TryData(v): TryData<Value>, ack: AckSender| {
@@ -162,7 +286,7 @@ async fn authenticate(
                 } else {
                     Request::Leave(rooms, ack)
                 };
-                if let Err(mpsc::error::TrySendError::Full(req)) = tx.try_send(req) {
+                if let Err(req) = tx.push(req) {
                     let (Request::Join(_, ack) | Request::Leave(_, ack)) = req;
                     let msg = "too many join/leave requests in flight; wait for their answers";
                     let _ = ack.send(&refusal("busy", msg));
@@ -176,7 +300,7 @@ async fn authenticate(
         .extensions
         .insert(PreparedSlot(Arc::new(Mutex::new(Some(Prepared {
             session,
-            requests_rx,
+            requests,
             gone,
         })))));
     Ok(())
@@ -194,7 +318,7 @@ async fn on_connect(
     Conn {
         socket,
         session: p.session,
-        requests_rx: p.requests_rx,
+        requests: p.requests,
         gone: p.gone,
         shutdown: app.shutdown.clone(),
         caught_up: HashSet::new(),
@@ -231,13 +355,19 @@ fn refusal(code: &str, message: &str) -> Value {
 struct Conn {
     socket: SocketRef,
     session: Session,
-    requests_rx: mpsc::Receiver<Request>,
+    requests: Arc<Requests>,
     /// Cancelled when the client disconnected.
     gone: CancellationToken,
     shutdown: CancellationToken,
     /// Rooms that already received their resume catch-up.
     caught_up: HashSet<String>,
     last_sent: Option<Position>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.requests.close();
+    }
 }
 
 enum Flow {
@@ -262,13 +392,16 @@ impl Conn {
             let user_room = format!("user:{}", self.session.user.sub);
             self.caught_up.insert(user_room.clone());
             let until = self.session.opened_at();
-            if let Flow::Stop = self.catch_up(vec![user_room], since, until).await {
+            // Boxed, like the other rare paths below: keeps the idle per-socket task small.
+            let caught_up = Box::pin(self.catch_up(vec![user_room], since, until)).await;
+            if let Flow::Stop = caught_up {
                 return;
             }
         }
         let kicked = self.session.kicked.clone();
         let gone = self.gone.clone();
         let shutdown = self.shutdown.clone();
+        let requests = self.requests.clone();
         loop {
             let expiry = super::ws::expiry_sleep(&self.session);
             let flow = tokio::select! {
@@ -279,19 +412,19 @@ impl Conn {
                 _ = gone.cancelled() => Flow::Stop,
                 // 3. Too slow: the hub dropped us from every room.
                 _ = kicked.cancelled() => {
-                    self.close_too_slow().await;
+                    Box::pin(self.close_too_slow()).await;
                     Flow::Stop
                 }
                 // 4. Token lifetime.
                 _ = expiry => {
-                    self.close("token_expired", "token expired; reconnect with a new token".into()).await;
+                    let msg = "token expired; reconnect with a new token";
+                    Box::pin(self.close("token_expired", msg.into())).await;
                     Flow::Stop
                 }
                 // 5. join / leave.
-                r = self.requests_rx.recv() => match r {
-                    Some(Request::Join(rooms, ack)) => self.join(rooms, ack).await,
-                    Some(Request::Leave(rooms, ack)) => self.leave(rooms, ack),
-                    None => Flow::Stop,
+                r = requests.next() => match r {
+                    Request::Join(rooms, ack) => Box::pin(self.join(rooms, ack)).await,
+                    Request::Leave(rooms, ack) => self.leave(rooms, ack),
                 },
                 // 6. Live events.
                 d = self.session.rx.recv() => match d {
@@ -417,7 +550,7 @@ impl Conn {
         match self.emit(name, data, true).await {
             Sent::Yes => Flow::Continue,
             Sent::TooSlow => {
-                self.close_too_slow().await;
+                Box::pin(self.close_too_slow()).await;
                 Flow::Stop
             }
             Sent::Closed => Flow::Stop,
@@ -428,17 +561,35 @@ impl Conn {
     /// the event waits here (and later ones in the bounded session queue, whose overflow
     /// kicks the session); a buffer full for [`WRITE_TIMEOUT`] counts as too slow.
     async fn emit<T: Serialize + ?Sized>(&self, name: &str, data: &T, watch_kick: bool) -> Sent {
+        match self.try_emit(name, data) {
+            Some(sent) => sent,
+            // Boxed: the waiting state stays out of the idle per-socket task.
+            None => Box::pin(self.emit_when_room(name, data, watch_kick)).await,
+        }
+    }
+
+    /// One emit attempt; `None` while the socket's buffer is full.
+    fn try_emit<T: Serialize + ?Sized>(&self, name: &str, data: &T) -> Option<Sent> {
+        match self.socket.emit(name, data) {
+            Ok(()) => Some(Sent::Yes),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => None,
+            Err(SendError::Socket(_)) => Some(Sent::Closed),
+            Err(SendError::Serialize(e)) => {
+                tracing::error!(error = %e, event = name, "cannot encode a Socket.IO event");
+                Some(Sent::Yes)
+            }
+        }
+    }
+
+    /// [`Self::emit`] while the socket's buffer is full: retries until there is room.
+    async fn emit_when_room<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+        watch_kick: bool,
+    ) -> Sent {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
-            match self.socket.emit(name, data) {
-                Ok(()) => return Sent::Yes,
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
-                Err(SendError::Socket(_)) => return Sent::Closed,
-                Err(SendError::Serialize(e)) => {
-                    tracing::error!(error = %e, event = name, "cannot encode a Socket.IO event");
-                    return Sent::Yes;
-                }
-            }
             if Instant::now() >= deadline {
                 return Sent::TooSlow;
             }
@@ -447,6 +598,9 @@ impl Conn {
                 _ = self.session.kicked.cancelled(), if watch_kick => return Sent::TooSlow,
                 _ = self.gone.cancelled() => return Sent::Closed,
                 _ = self.shutdown.cancelled() => return Sent::Closed,
+            }
+            if let Some(sent) = self.try_emit(name, data) {
+                return sent;
             }
         }
     }
@@ -486,6 +640,64 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_head_is_copied_unchanged() {
+        let req = axum::http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket&token=abc")
+            .header("host", "127.0.0.1:8080")
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let original = OriginalUri(parts.uri.clone());
+        parts.extensions.insert(original);
+        parts
+            .headers
+            .get_mut("sec-websocket-key")
+            .unwrap()
+            .set_sensitive(true);
+        let before = parts.clone();
+        own_head(&mut parts);
+        assert_eq!(parts.uri, before.uri);
+        assert_eq!(
+            parts.uri.query(),
+            Some("EIO=4&transport=websocket&token=abc")
+        );
+        assert_eq!(parts.extensions.get::<OriginalUri>().unwrap().0, before.uri);
+        assert_eq!(parts.headers, before.headers);
+        let multi: Vec<_> = parts.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two"]);
+        assert!(parts.headers["sec-websocket-key"].is_sensitive());
+    }
+
+    /// The point of the copy: nothing in the head still refers to the buffer it was parsed
+    /// from (hyper's read buffer), so the buffer is freed once the request is handled.
+    #[test]
+    fn the_copied_head_does_not_hold_the_read_buffer() {
+        let (path, host) = ("/socket.io/?EIO=4&transport=websocket", "localhost");
+        let mut read_buffer = vec![0u8; 16 * 1024];
+        read_buffer[..path.len()].copy_from_slice(path.as_bytes());
+        read_buffer[path.len()..path.len() + host.len()].copy_from_slice(host.as_bytes());
+        let read_buffer = bytes::Bytes::from(read_buffer);
+        let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+        parts.uri = Uri::from_maybe_shared(read_buffer.slice(..path.len())).unwrap();
+        parts.extensions.insert(OriginalUri(parts.uri.clone()));
+        let host_value = read_buffer.slice(path.len()..path.len() + host.len());
+        let host_value = HeaderValue::from_maybe_shared(host_value).unwrap();
+        parts.headers.insert("host", host_value);
+        assert!(!read_buffer.is_unique());
+        own_head(&mut parts);
+        assert!(
+            read_buffer.is_unique(),
+            "a copied part still refers to the buffer"
+        );
+        assert_eq!(parts.uri, path);
+        assert_eq!(parts.extensions.get::<OriginalUri>().unwrap().0, path);
+        assert_eq!(parts.headers["host"], host);
+    }
 
     #[test]
     fn rooms_are_a_name_or_an_array() {
