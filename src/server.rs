@@ -175,23 +175,32 @@ pub async fn run(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
     let mut served = tokio::spawn(async move { server.await });
+    // `biased`: the HTTP server also stops on `shutdown`, and when both are ready the
+    // signal must win, or a normal shutdown would be taken for the server dying.
     let served_early = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => None,
         r = &mut served => Some(r),
     };
-    if let Some(r) = served_early {
-        // The HTTP server died on its own: stop everything else, then report why.
-        shutdown.cancel();
-        workers.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await;
-        pool.close();
-        return match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Io(e)),
-            Err(e) => Err(RunError::Io(std::io::Error::other(e))),
-        };
-    }
+    let served = match served_early {
+        // It finished because of the shutdown itself (a completed handle cannot be awaited
+        // again).
+        Some(_) if shutdown.is_cancelled() => tokio::spawn(async { Ok(()) }),
+        Some(r) => {
+            // The HTTP server died on its own: stop everything else, then report why.
+            shutdown.cancel();
+            workers.cancel();
+            tracker.close();
+            let _ = tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await;
+            pool.close();
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(RunError::Io(e)),
+                Err(e) => Err(RunError::Io(std::io::Error::other(e))),
+            };
+        }
+        None => served,
+    };
     shut_down(&config, &hub, &workers, &tracker, served).await;
     pool.close();
     tracing::info!("stopped");
