@@ -171,7 +171,19 @@ async fn notify_only_while_parked() {
 /// sequencer stops the other takes over.
 #[tokio::test]
 async fn replicas_agree_and_fail_over() {
-    let (db, a) = support::start().await;
+    replicas_agree_and_fail_over_with(|_| {}).await;
+}
+
+/// The same with logical capture: the sequencer streams the slot, and the survivor takes
+/// the slot over.
+#[tokio::test]
+async fn replicas_agree_and_fail_over_with_logical_capture() {
+    replicas_agree_and_fail_over_with(|c| c.capture.mode = rowcast::config::CaptureMode::Logical)
+        .await;
+}
+
+async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Config)) {
+    let (db, a) = support::start_with(tweak).await;
     let b = Server::start(a.config.clone()).await;
     let token = a.token("1", "agent");
     let (mut ca, _) = WsClient::connect(&a.ws_url(&format!("token={token}"))).await;
@@ -192,12 +204,12 @@ async fn replicas_agree_and_fail_over() {
     let last: i64 = support::eventually(10, || async {
         let r = pg
             .query_one(
-                "SELECT count(*) FILTER (WHERE seq IS NULL), max(seq) FROM rowcast.changes",
+                "SELECT count(*) FILTER (WHERE seq IS NULL), max(seq), count(*) FROM rowcast.changes",
                 &[],
             )
             .await
             .unwrap();
-        (r.get::<_, i64>(0) == 0).then(|| r.get::<_, i64>(1))
+        (r.get::<_, i64>(0) == 0 && r.get::<_, i64>(2) >= 20).then(|| r.get::<_, i64>(1))
     })
     .await;
     let mut seqs_a = Vec::new();
