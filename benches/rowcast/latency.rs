@@ -99,10 +99,26 @@ pub async fn run_with(
     seconds: u64,
     webhook: Option<&str>,
 ) -> Outcome {
-    let pg = PgTemp::start(PgTempOptions::default()).expect("PostgreSQL");
-    let (db, config) = setup::database(&pg, ROWS as i64, true).await;
-    let env = [("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_string())];
-    let rc = Rowcast::start(&config, if webhook.is_some() { &env } else { &[] });
+    // `BENCH_SYNC_COMMIT=on`: commits wait for the WAL flush (PostgreSQL's default; the
+    // throwaway cluster runs with `fsync=off`, so the flush itself costs nothing). With it
+    // off, logical decoding sees a commit only once the WAL writer flushed it.
+    let mut options = PgTempOptions::default();
+    if let Ok(v) = std::env::var("BENCH_SYNC_COMMIT") {
+        options.settings.push(("synchronous_commit".into(), v));
+    }
+    let pg = PgTemp::start(options).expect("PostgreSQL");
+    let (db, mut config) = setup::database(&pg, ROWS as i64, false).await;
+    let mut env = Vec::new();
+    // `BENCH_CAPTURE=logical`: the same run with logical capture instead of triggers.
+    if std::env::var("BENCH_CAPTURE").as_deref() == Ok("logical") {
+        config.capture.mode = rowcast::config::CaptureMode::Logical;
+        env.push(("ROWCAST_CAPTURE_MODE", "logical".to_string()));
+    }
+    setup::migrate_now(&config).await;
+    if webhook.is_some() {
+        env.push(("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_string()));
+    }
+    let rc = Rowcast::start(&config, &env);
     if let Some(url) = webhook {
         crate::webhooks::subscribe(&rc, &config, url, &["*"]).await;
     }
