@@ -480,6 +480,11 @@ pub fn replication_config(
     let dbname = pg.get_dbname().unwrap_or(user);
     let tls = match (pg.get_ssl_mode(), ca_file) {
         (SslMode::Disable, _) => TlsConfig::disabled(),
+        // The replication client checks host names but cannot check an IP address
+        // against the certificate: for an IP it verifies the chain only.
+        (_, Some(ca)) if host.parse::<std::net::IpAddr>().is_ok() => {
+            TlsConfig::verify_ca(Some(ca.to_path_buf()))
+        }
         (_, Some(ca)) => TlsConfig::verify_full(Some(ca.to_path_buf())),
         (SslMode::Require, None) => TlsConfig::require(),
         (_, None) => TlsConfig {

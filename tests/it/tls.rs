@@ -95,10 +95,9 @@ fn certificate() -> std::path::PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rowcast_talks_tls_to_postgres() {
-    let certs = certificate();
-    let db = Db::start_with(PgTempOptions {
+/// A throwaway cluster with `ssl=on` and the certificate in `certs`.
+async fn tls_cluster(certs: &std::path::Path) -> Db {
+    Db::start_with(PgTempOptions {
         settings: vec![
             ("ssl".into(), "on".into()),
             (
@@ -112,7 +111,13 @@ async fn rowcast_talks_tls_to_postgres() {
         ],
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rowcast_talks_tls_to_postgres() {
+    let certs = certificate();
+    let db = tls_cluster(&certs).await;
     let mut config = db.config();
     config.database_url = Some(format!("{}&sslmode=require", db.url));
     db.migrate(&config).await;
@@ -156,4 +161,41 @@ async fn rowcast_talks_tls_to_postgres() {
     );
     let _ = std::fs::remove_dir_all(certs);
     let _ = std::fs::remove_dir_all(other);
+}
+
+/// Logical capture's replication connection uses the same TLS settings: encrypted with
+/// `sslmode=require`, and verified against `database_ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_capture_streams_over_tls() {
+    let certs = certificate();
+    let db = tls_cluster(&certs).await;
+    let mut config = db.config();
+    config.database_url = Some(format!("{}&sslmode=require", db.url));
+    config.database_ca_file = Some(certs.join("ca.crt"));
+    config.capture.mode = rowcast::config::CaptureMode::Logical;
+    db.migrate(&config).await;
+    let server = Server::start(config.clone()).await;
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    c.join("tickets").await;
+    let pg = db.client().await;
+    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(c.next_event().await["payload"]["data"]["status"], "pending");
+    let streaming_encrypted: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s ON s.pid = r.pid
+              WHERE s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        streaming_encrypted, 1,
+        "the replication connection is encrypted"
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(certs);
 }
