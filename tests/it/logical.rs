@@ -393,3 +393,87 @@ async fn logical_mode_migrate_check_and_switch_back() {
         "{err}"
     );
 }
+
+/// As deployed: rowcast serves as its own non-superuser role with REPLICATION and a
+/// password (SCRAM, and MD5 for older setups) on both its pool and its replication
+/// connection, with only the grants the README lists.
+#[tokio::test]
+async fn logical_capture_as_a_password_role_with_replication() {
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let pg = db.client().await;
+    pg.batch_execute(
+        "CREATE ROLE rc_scram LOGIN REPLICATION PASSWORD 'scram-secret';
+         SET password_encryption = 'md5';
+         CREATE ROLE rc_md5 LOGIN REPLICATION PASSWORD 'md5-secret';
+         RESET password_encryption;
+         GRANT USAGE ON SCHEMA rowcast TO rc_scram, rc_md5;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA rowcast TO rc_scram, rc_md5;
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA rowcast TO rc_scram, rc_md5;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO rc_scram, rc_md5;",
+    )
+    .await
+    .unwrap();
+    let hba = db.pg.root().join("data").join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\n\
+         host all postgres 127.0.0.1/32 trust\n\
+         host replication postgres 127.0.0.1/32 trust\n\
+         host all rc_scram 127.0.0.1/32 scram-sha-256\n\
+         host replication rc_scram 127.0.0.1/32 scram-sha-256\n\
+         host all rc_md5 127.0.0.1/32 md5\n\
+         host replication rc_md5 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
+    pg.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    let port = db.pg.port();
+    for (role, password, subject) in [
+        ("rc_scram", "scram-secret", "seen with SCRAM"),
+        ("rc_md5", "md5-secret", "seen with MD5"),
+    ] {
+        let mut config = config.clone();
+        config.database_url = Some(format!(
+            "postgres://{role}:{password}@127.0.0.1:{port}/postgres"
+        ));
+        let problems = {
+            let c = support::connect(config.database_url.as_deref().unwrap()).await;
+            rowcast::schema::check(&c, &config).await.unwrap()
+        };
+        assert!(problems.is_empty(), "{role}: {problems:?}");
+        let server = support::Server::start(config).await;
+        let (mut c, _) =
+            WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent"))))
+                .await;
+        c.join("tickets").await;
+        pg.execute("UPDATE tickets SET subject = $1 WHERE id = 3", &[&subject])
+            .await
+            .unwrap();
+        let ev = c.next_event().await;
+        assert_eq!(ev["payload"]["data"]["subject"], subject, "{role}");
+        let streaming: Vec<String> = pg
+            .query("SELECT usename::text FROM pg_stat_replication", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(streaming, vec![role.to_string()]);
+        server.stop().await;
+        // The slot is free again before the next role takes it.
+        support::eventually(10, || async {
+            let active: bool = pg
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = 'rowcast'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (!active).then_some(())
+        })
+        .await;
+    }
+}
