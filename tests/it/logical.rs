@@ -24,8 +24,6 @@ async fn logical_capture_emits_every_change_without_hidden_columns() {
     let pg = db.client().await;
     let problems = rowcast::schema::check(&pg, &server.config).await.unwrap();
     assert!(problems.is_empty(), "check after migrate: {problems:?}");
-    // The application's writes add no rows to rowcast's log by themselves: only the
-    // consumer writes there.
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     for room in ["tickets", "users", "kb"] {
@@ -148,6 +146,17 @@ async fn logical_capture_emits_every_change_without_hidden_columns() {
         c.maybe_json(300).await.is_none(),
         "agent sees no notification"
     );
+    // The application's transactions wrote no log rows themselves (trigger mode's rows
+    // start without a seq): every row came from the slot consumer, seq included.
+    let unsequenced: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM rowcast.changes WHERE seq IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unsequenced, 0);
     server.stop().await;
 }
 
