@@ -191,8 +191,10 @@ test('token refresh before expiry goes over the open connection (auth frame)', a
   let calls = 0;
   const client = createClient({
     url: ROWCAST_URL(),
-    getToken: async () => token('1', 'agent', calls++ === 0 ? 3 : 3600),
-    refreshBeforeExpiry: 2,
+    // A first token of 5 s (whole seconds: 4–5 s in fact), refreshed 3 s before it ends,
+    // leaves a loaded machine time to connect before the refresh is due.
+    getToken: async () => token('1', 'agent', calls++ === 0 ? 5 : 3600),
+    refreshBeforeExpiry: 3,
     WebSocket: WS,
   });
   const closes = [];
@@ -200,7 +202,7 @@ test('token refresh before expiry goes over the open connection (auth frame)', a
   try {
     await waitFor('connected', () => client.isConnected);
     const firstExpiry = client.expiresAt;
-    await waitFor('a refreshed expiry', () => client.expiresAt > firstExpiry + 60, 5000);
+    await waitFor('a refreshed expiry', () => client.expiresAt > firstExpiry + 60, 8000);
     await sleep(Math.max(0, firstExpiry * 1000 - Date.now()) + 1200);
     assert.deepEqual(closes, [], 'the session outlived the first token');
     assert.equal(calls, 2);
