@@ -282,16 +282,49 @@ async fn published_columns<C: GenericClient>(
     Ok(Ok(format!("{} ({})", spec.quoted, cols.join(", "))))
 }
 
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug)]
+pub struct Slot {
+    /// Its output plugin; `None` for a physical slot.
+    pub plugin: Option<String>,
+    /// A connection streams it right now.
+    pub active: bool,
+}
+
+/// The replication slot `name`, if it exists.
+pub async fn slot<C: GenericClient>(
+    client: &C,
+    name: &str,
+) -> Result<Option<Slot>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT plugin::text, active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| Slot {
+            plugin: r.get(0),
+            active: r.get(1),
+        }))
+}
+
+async fn publication_exists<C: GenericClient>(
+    client: &C,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some())
+}
+
 /// Creates the publication or sets its tables.
 async fn set_publication<C: GenericClient>(
     client: &C,
     name: &str,
     tables: &[String],
 ) -> Result<String, tokio_postgres::Error> {
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await?
-        .is_some();
+    let exists = publication_exists(client, name).await?;
     let quoted = quote_ident(name);
     let list = tables.join(", ");
     let publish = "WITH (publish = 'insert, update, delete')";
@@ -324,13 +357,7 @@ async fn set_publication<C: GenericClient>(
 /// PostgreSQL refuses to create one in a transaction that wrote). Changes are kept for
 /// rowcast from this moment on.
 async fn create_slot(client: &Client, slot: &str) -> Result<Option<String>, tokio_postgres::Error> {
-    let plugin = client
-        .query_opt(
-            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    if plugin.is_some() {
+    if self::slot(client, slot).await?.is_some() {
         return Ok(None);
     }
     match client
@@ -355,13 +382,10 @@ async fn drop_logical(
     publication: &str,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut report = Vec::new();
-    let row = client
-        .query_opt(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND plugin = 'pgoutput'",
-            &[&slot],
-        )
-        .await?;
-    match row.map(|r| r.get::<_, bool>(0)) {
+    let logical = self::slot(client, slot)
+        .await?
+        .filter(|s| s.plugin.as_deref() == Some("pgoutput"));
+    match logical.map(|s| s.active) {
         Some(false) => {
             client
                 .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
@@ -375,14 +399,7 @@ async fn drop_logical(
         )),
         None => {}
     }
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .is_some();
-    if exists {
+    if publication_exists(client, publication).await? {
         client
             .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
             .await?;
@@ -717,14 +734,7 @@ async fn check_logical(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut problems = logical_prerequisites(client).await?;
     let (slot, publication) = (&config.capture.slot, &config.capture.publication);
-    let plugin = client
-        .query_opt(
-            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
-        )
-        .await?
-        .map(|r| r.get::<_, Option<String>>(0));
-    match plugin {
+    match self::slot(client, slot).await?.map(|s| s.plugin) {
         None => problems.push(format!(
             "replication slot {slot} does not exist: run `rowcast migrate`"
         )),

@@ -94,14 +94,7 @@ pub async fn run(
     let (catalog, mut problems) = schema::resolve(&**client, &config.tables).await?;
     if config.capture.mode == crate::config::CaptureMode::Logical {
         let slot = &config.capture.slot;
-        let exists = client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[slot],
-            )
-            .await?
-            .is_some();
-        if !exists {
+        if schema::slot(&**client, slot).await?.is_none() {
             problems.push(format!(
                 "capture.mode = \"logical\" but replication slot {slot} does not exist: run `rowcast migrate` with the same configuration"
             ));
