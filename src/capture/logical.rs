@@ -590,6 +590,15 @@ mod tests {
         TupleData::new(vec![ColumnData::text(id.as_bytes().to_vec())])
     }
 
+    /// A delete of the ticket with key `id` (the publication sends the key only).
+    fn delete(id: &str) -> LogicalReplicationMessage {
+        LogicalReplicationMessage::Delete {
+            relation_id: 16400,
+            old_tuple: tuple(id),
+            key_type: 'K',
+        }
+    }
+
     #[test]
     fn keys_are_typed_like_to_jsonb() {
         let text = |s: &str| ColumnData::text(s.as_bytes().to_vec());
@@ -627,21 +636,11 @@ mod tests {
         .unwrap();
         d.old_row(br#"{"t":"public.tickets","old":{"id":2,"subject":"two"}}"#)
             .unwrap();
-        d.message(LogicalReplicationMessage::Delete {
-            relation_id: 16400,
-            old_tuple: tuple("1"),
-            key_type: 'K',
-        })
-        .unwrap();
+        d.message(delete("1")).unwrap();
         d.old_row(br#"{"t":"public.tickets","old":{"id":1,"subject":"one"}}"#)
             .unwrap();
         // A delete whose trigger is missing: the key stands in for the old row.
-        d.message(LogicalReplicationMessage::Delete {
-            relation_id: 16400,
-            old_tuple: tuple("9"),
-            key_type: 'K',
-        })
-        .unwrap();
+        d.message(delete("9")).unwrap();
         // Changes of tables rowcast does not capture are ignored.
         d.message(LogicalReplicationMessage::Insert {
             relation_id: 99,

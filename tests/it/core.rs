@@ -235,12 +235,34 @@ async fn notifications_reach_only_their_recipient() {
 #[tokio::test]
 async fn out_of_order_commits_are_not_skipped_or_blocked() {
     let (db, server) = support::start().await;
+    commit_out_of_order(&db, &server).await;
+    // The log confirms the interleaving: A's change id is lower, its seq higher.
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT id, seq FROM rowcast.changes WHERE tbl = 'public.tickets' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (a_id, a_seq): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+    let (b_id, b_seq): (i64, i64) = (rows[1].get(0), rows[1].get(1));
+    assert!(
+        a_id < b_id && a_seq > b_seq,
+        "the test did interleave (a={a_id}/{a_seq} b={b_id}/{b_seq})"
+    );
+    server.stop().await;
+}
+
+/// Transaction A writes first (lower change id) and stays open; B writes later and commits
+/// first. B's event arrives while A is still open, then A's, with the greater `seq`.
+pub async fn commit_out_of_order(db: &support::Db, server: &support::Server) {
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     c.join("tickets").await;
     let mut a = db.client().await;
     let mut b = db.client().await;
-    // A writes first (lower change id), B writes later (higher id) and commits first.
     let ta = a.transaction().await.unwrap();
     ta.execute("UPDATE tickets SET subject = 'from A' WHERE id = 2", &[])
         .await
@@ -268,21 +290,4 @@ async fn out_of_order_commits_are_not_skipped_or_blocked() {
         ev["seq"].as_str().unwrap().parse().unwrap(),
     );
     assert!(sa > sb, "seq follows delivery order: {sb} then {sa}");
-    // The log confirms the interleaving: A's change id is lower, its seq higher.
-    let rows = db
-        .client()
-        .await
-        .query(
-            "SELECT id, seq FROM rowcast.changes WHERE tbl = 'public.tickets' ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (a_id, a_seq): (i64, i64) = (rows[0].get(0), rows[0].get(1));
-    let (b_id, b_seq): (i64, i64) = (rows[1].get(0), rows[1].get(1));
-    assert!(
-        a_id < b_id && a_seq > b_seq,
-        "the test did interleave (a={a_id}/{a_seq} b={b_id}/{b_seq})"
-    );
-    server.stop().await;
 }

@@ -10,7 +10,8 @@ use crate::socketio::{connect, emit_ack, next_event};
 use rowcast::pgtemp::PgTempOptions;
 
 use crate::support::writer::Writer;
-use crate::support::{self, Db, Server, node::Node, process::Proc, ws::WsClient};
+use crate::support::ws::{Received, WsClient};
+use crate::support::{self, Db, Server, node::Node, process::Proc};
 
 /// Inserts `n` tickets, one transaction each, 2 ms apart; returns their ids.
 fn burst(url: String, n: usize) -> tokio::task::JoinHandle<BTreeSet<i64>> {
@@ -47,39 +48,20 @@ async fn kill_9_during_a_burst_loses_nothing_for_resuming_clients() {
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
     let writer = burst(db.url.clone(), 400);
     // Receive some, then kill rowcast in the middle of the burst.
-    let mut seen = BTreeSet::new();
-    let mut last = String::new();
-    while seen.len() < 50 {
-        let ev = c.next_event().await;
-        seen.insert(ev["payload"]["id"].as_i64().unwrap());
-        last = ev["seq"].as_str().unwrap().to_string();
-    }
+    let mut got = Received::default();
+    c.receive_ids(&mut got, 50).await;
     rc.kill9();
     // Drain whatever was already in flight to us, then the connection is gone.
-    while let Some(v) = c.maybe_json(200).await {
-        if v["type"] == "event" {
-            seen.insert(v["payload"]["id"].as_i64().unwrap());
-            last = v["seq"].as_str().unwrap().to_string();
-        }
-    }
+    c.drain_ids(&mut got).await;
     let port = rc.port;
     drop(rc);
     let rc = Proc::start(&config, port, &[]).await;
     let want = writer.await.unwrap();
+    let last = &got.last;
     let (mut c, _) =
         WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets&since={last}"))).await;
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
-    let mut prev: i64 = last.parse().unwrap();
-    while !want.is_subset(&seen) {
-        let ev = c.next_event().await;
-        let seq: i64 = ev["seq"].as_str().unwrap().parse().unwrap();
-        assert!(seq > prev, "in order, no duplicates ({prev} then {seq})");
-        prev = seq;
-        assert!(
-            seen.insert(ev["payload"]["id"].as_i64().unwrap()),
-            "no event twice"
-        );
-    }
+    c.resume_ids(&mut got, &want).await;
     drop(rc);
 }
 

@@ -1,8 +1,7 @@
 //! Logical capture (`capture.mode = "logical"`): the same events from a replication slot,
 //! exactly once through kill -9 and PostgreSQL restarts, and migrate/check for the mode.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rowcast::config::CaptureMode;
 use rowcast::pgtemp::PgTempOptions;
@@ -10,7 +9,8 @@ use serde_json::json;
 
 use crate::support::process::Proc;
 use crate::support::writer::Writer;
-use crate::support::{self, Db, ws::WsClient};
+use crate::support::ws::{Received, WsClient};
+use crate::support::{self, Db};
 
 fn logical(c: &mut rowcast::Config) {
     c.capture.mode = CaptureMode::Logical;
@@ -165,28 +165,7 @@ async fn logical_capture_emits_every_change_without_hidden_columns() {
 #[tokio::test]
 async fn logical_capture_follows_commit_order() {
     let (db, server) = support::start_with(logical).await;
-    let (mut c, _) =
-        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
-    c.join("tickets").await;
-    let mut a = db.client().await;
-    let mut b = db.client().await;
-    let ta = a.transaction().await.unwrap();
-    ta.execute("UPDATE tickets SET subject = 'from A' WHERE id = 2", &[])
-        .await
-        .unwrap();
-    let tb = b.transaction().await.unwrap();
-    tb.execute("UPDATE tickets SET subject = 'from B' WHERE id = 1", &[])
-        .await
-        .unwrap();
-    tb.commit().await.unwrap();
-    let ev = c.next_event().await;
-    assert_eq!(ev["payload"]["data"]["subject"], "from B");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ta.commit().await.unwrap();
-    let ev2 = c.next_event().await;
-    assert_eq!(ev2["payload"]["data"]["subject"], "from A");
-    let seq = |e: &serde_json::Value| e["seq"].as_str().unwrap().parse::<i64>().unwrap();
-    assert!(seq(&ev2) > seq(&ev));
+    crate::core::commit_out_of_order(&db, &server).await;
     server.stop().await;
 }
 
@@ -206,24 +185,15 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
     let writer = Writer::start(&db.url, "lw");
-    let mut seen = BTreeSet::new();
-    let mut last = String::new();
-    while seen.len() < 40 {
-        let ev = c.next_event().await;
-        seen.insert(ev["payload"]["id"].as_i64().unwrap());
-        last = ev["seq"].as_str().unwrap().to_string();
-    }
+    let mut got = Received::default();
+    c.receive_ids(&mut got, 40).await;
     rc.kill9();
-    while let Some(v) = c.maybe_json(200).await {
-        if v["type"] == "event" {
-            seen.insert(v["payload"]["id"].as_i64().unwrap());
-            last = v["seq"].as_str().unwrap().to_string();
-        }
-    }
+    c.drain_ids(&mut got).await;
     let port = rc.port;
     drop(rc);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rc = Proc::start(&config, port, &env).await;
+    let last = &got.last;
     let (mut c, _) =
         WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets&since={last}"))).await;
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
@@ -233,23 +203,7 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     let want = writer.stop().await;
     assert!(want.len() > 80, "the writer kept writing ({})", want.len());
     // rowcast keeps its sessions while it reconnects to PostgreSQL: events continue in order.
-    let mut prev: i64 = last.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !want.is_subset(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "missing: {:?}",
-            want.difference(&seen).take(10).collect::<Vec<_>>()
-        );
-        let ev = c.next_event().await;
-        let seq: i64 = ev["seq"].as_str().unwrap().parse().unwrap();
-        assert!(seq > prev, "in order ({prev} then {seq})");
-        prev = seq;
-        assert!(
-            seen.insert(ev["payload"]["id"].as_i64().unwrap()),
-            "no event twice: {ev}"
-        );
-    }
+    c.resume_ids(&mut got, &want).await;
     let pg = db.client().await;
     let dups: i64 = pg
         .query_one(

@@ -114,6 +114,28 @@ async fn tls_cluster(certs: &std::path::Path) -> Db {
     .await
 }
 
+/// Sets ticket `id`'s status in `db` and checks that a `/ws` client of `server` receives the
+/// new row; returns the database connection for further checks.
+async fn status_update_arrives(
+    db: &Db,
+    server: &Server,
+    id: i64,
+    status: &str,
+) -> tokio_postgres::Client {
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    c.join("tickets").await;
+    let pg = db.client().await;
+    pg.execute(
+        "UPDATE tickets SET status = $1 WHERE id = $2",
+        &[&status, &id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.next_event().await["payload"]["data"]["status"], status);
+    pg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rowcast_talks_tls_to_postgres() {
     let certs = certificate();
@@ -122,14 +144,7 @@ async fn rowcast_talks_tls_to_postgres() {
     config.database_url = Some(format!("{}&sslmode=require", db.url));
     db.migrate(&config).await;
     let server = Server::start(config.clone()).await;
-    let (mut c, _) =
-        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
-    c.join("tickets").await;
-    let pg = db.client().await;
-    pg.execute("UPDATE tickets SET status = 'solved' WHERE id = 1", &[])
-        .await
-        .unwrap();
-    assert_eq!(c.next_event().await["payload"]["data"]["status"], "solved");
+    let pg = status_update_arrives(&db, &server, 1, "solved").await;
     // rowcast's own connections (capture and pool) are encrypted.
     let encrypted: i64 = pg
         .query_one(
@@ -175,14 +190,7 @@ async fn logical_capture_streams_over_tls() {
     config.capture.mode = rowcast::config::CaptureMode::Logical;
     db.migrate(&config).await;
     let server = Server::start(config.clone()).await;
-    let (mut c, _) =
-        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
-    c.join("tickets").await;
-    let pg = db.client().await;
-    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 2", &[])
-        .await
-        .unwrap();
-    assert_eq!(c.next_event().await["payload"]["data"]["status"], "pending");
+    let pg = status_update_arrives(&db, &server, 2, "pending").await;
     let streaming_encrypted: i64 = pg
         .query_one(
             "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s ON s.pid = r.pid

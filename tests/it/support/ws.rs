@@ -1,7 +1,8 @@
 //! A real WebSocket client (tokio-tungstenite) speaking rowcast's `/ws` protocol.
 
+use std::collections::BTreeSet;
 use std::panic::Location;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -15,6 +16,22 @@ pub struct WsClient {
     pub stream: Stream,
     /// The close frame, once the server closed.
     pub closed: Option<Option<CloseFrame>>,
+}
+
+/// Row ids received in events and the `seq` of the last one: what a client that resumes
+/// after a crash has to account for.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub ids: BTreeSet<i64>,
+    pub last: String,
+}
+
+impl Received {
+    fn take(&mut self, ev: &Value) -> bool {
+        self.last = ev["seq"].as_str().expect("seq").to_string();
+        self.ids
+            .insert(ev["payload"]["id"].as_i64().expect("row id"))
+    }
 }
 
 impl WsClient {
@@ -98,6 +115,54 @@ impl WsClient {
                 if v["type"] == "event" {
                     return v;
                 }
+            }
+        }
+    }
+
+    /// Events until `got` holds `n` row ids.
+    pub async fn receive_ids(&mut self, got: &mut Received, n: usize) {
+        while got.ids.len() < n {
+            let ev = self.next_event().await;
+            got.take(&ev);
+        }
+    }
+
+    /// The events still in flight after the server died: until 200 ms pass without a frame
+    /// (then the connection is gone).
+    pub async fn drain_ids(&mut self, got: &mut Received) {
+        while let Some(v) = self.maybe_json(200).await {
+            if v["type"] == "event" {
+                got.take(&v);
+            }
+        }
+    }
+
+    /// On a session resumed after `got.last`: events in increasing `seq`, none twice, until
+    /// every id of `want` has been received (30 s at the most).
+    #[track_caller]
+    pub fn resume_ids<'a>(
+        &'a mut self,
+        got: &'a mut Received,
+        want: &'a BTreeSet<i64>,
+    ) -> impl std::future::Future<Output = ()> + 'a {
+        let at = Location::caller();
+        async move {
+            let mut prev: i64 = got.last.parse().expect("a resumed seq");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !want.is_subset(&got.ids) {
+                assert!(
+                    Instant::now() < deadline,
+                    "missing (at {at}): {:?}",
+                    want.difference(&got.ids).take(10).collect::<Vec<_>>()
+                );
+                let ev = self.next_event().await;
+                let seq: i64 = ev["seq"].as_str().unwrap().parse().unwrap();
+                assert!(
+                    seq > prev,
+                    "in order, no duplicates ({prev} then {seq}) (at {at})"
+                );
+                prev = seq;
+                assert!(got.take(&ev), "no event twice (at {at}): {ev}");
             }
         }
     }
