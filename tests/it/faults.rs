@@ -42,8 +42,7 @@ async fn kill_9_during_a_burst_loses_nothing_for_resuming_clients() {
     let config = db.config();
     db.migrate(&config).await;
     let mut rc = Proc::start(&config, 0, &[]).await;
-    let auth = rowcast::api::auth::Authenticator::from_config(&config.jwt).unwrap();
-    let token = auth.issue("1", "agent", 600).unwrap();
+    let token = support::token("1", "agent");
     let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
     let writer = burst(db.url.clone(), 400);
@@ -73,8 +72,7 @@ async fn kill_9_socketio_client_resumes_with_since_and_misses_nothing() {
     let config = db.config();
     db.migrate(&config).await;
     let mut rc = Proc::start(&config, 0, &[]).await;
-    let auth = rowcast::api::auth::Authenticator::from_config(&config.jwt).unwrap();
-    let token = auth.issue("1", "agent", 600).unwrap();
+    let token = support::token("1", "agent");
     let mut n = Node::start("sio.mjs", &[&rc.http()]);
     assert_eq!(
         connect(&mut n, "a", json!({"token": token})).await["type"],

@@ -180,8 +180,7 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     db.migrate(&config).await;
     let env = [("ROWCAST_CAPTURE_MODE", "logical".to_string())];
     let mut rc = Proc::start(&config, 0, &env).await;
-    let auth = rowcast::api::auth::Authenticator::from_config(&config.jwt).unwrap();
-    let token = auth.issue("1", "agent", 600).unwrap();
+    let token = support::token("1", "agent");
     let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
     let writer = Writer::start(&db.url, "lw");
@@ -241,15 +240,8 @@ async fn logical_mode_migrate_check_and_switch_back() {
     logical(&mut config);
     db.migrate(&config).await;
     let pg = db.client().await;
-    let slot: Option<String> = pg
-        .query_opt(
-            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = 'rowcast'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .map(|r| r.get(0));
-    assert_eq!(slot.as_deref(), Some("pgoutput"));
+    let slot = rowcast::schema::slot(&pg, "rowcast").await.unwrap();
+    assert_eq!(slot.and_then(|s| s.plugin).as_deref(), Some("pgoutput"));
     let published: Vec<String> = pg
         .query(
             "SELECT tablename || ':' || array_to_string(attnames, ',') FROM pg_publication_tables

@@ -5,24 +5,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value as PromValue};
-use rowcast::api::auth::Authenticator;
 use rowcast::event::Position;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::binary::Rowcast;
 use crate::support::ws::WsClient;
-use crate::support::{Db, SECRET};
-
-/// A token for `sub` with `role`, signed like the binary expects (ROWCAST_JWT_SECRET).
-fn token(sub: &str, role: &str) -> String {
-    let mut config = rowcast::Config::default();
-    config.jwt.secret = Some(SECRET.into());
-    Authenticator::from_config(&config.jwt)
-        .unwrap()
-        .issue(sub, role, 3600)
-        .unwrap()
-}
+use crate::support::{Db, token};
 
 /// The seeded helpdesk, migrated, and a connection string as role `rowcast_app` with
 /// `password` (the throwaway cluster trusts local logins, so any password connects — what

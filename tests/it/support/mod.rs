@@ -23,6 +23,17 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// A token for `sub` with `role`, signed with [`SECRET`] (what every test configuration and
+/// the binaries the tests start verify against), valid for an hour.
+pub fn token(sub: &str, role: &str) -> String {
+    let mut config = Config::default();
+    config.jwt.secret = Some(SECRET.into());
+    Authenticator::from_config(&config.jwt)
+        .unwrap()
+        .issue(sub, role, 3600)
+        .unwrap()
+}
+
 /// A database with the demo helpdesk schema (seeded) and rowcast migrated.
 pub struct Db {
     pub pg: PgTemp,

@@ -25,8 +25,7 @@ async fn delivery_in_flight_when_rowcast_is_killed_is_retried_after_its_lease() 
         ("ROWCAST_WEBHOOK_RETRY_SCHEDULE", "100ms,100ms"),
     ];
     let mut first = Proc::serve(&db.url, &env).await;
-    let auth = rowcast::api::auth::Authenticator::from_config(&config.jwt).unwrap();
-    let carl = auth.issue("3", "customer", 3600).unwrap();
+    let carl = crate::support::token("3", "customer");
     let api = Api::new(first.http());
     let secret = api.set_url(&carl, &rx.url("/slow")).await;
     rx.add_secret(&secret).await;
