@@ -26,6 +26,16 @@ use crate::config::{HubConfig, TableKind};
 use crate::enrich::Enricher;
 use crate::event::{Event, Position, SharedEvent};
 use crate::route::RoomTemplate;
+
+/// Query string of the streaming endpoints (`/ws`, `/events`): the token (or an
+/// `Authorization` header), comma-separated rooms joined at connect (one ordered catch-up
+/// for all of them) and the position to resume after.
+#[derive(Debug, serde::Deserialize)]
+pub struct StreamQuery {
+    token: Option<String>,
+    rooms: Option<String>,
+    since: Option<String>,
+}
 pub use acl::{Acl, JoinError};
 
 /// Most rooms one session may be in.

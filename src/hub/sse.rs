@@ -12,7 +12,6 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -24,19 +23,12 @@ use crate::event::{Position, SharedEvent};
 /// Events per catch-up page.
 const CATCH_UP_PAGE: usize = 500;
 
-#[derive(Debug, Deserialize)]
-pub struct SseQuery {
-    token: Option<String>,
-    rooms: Option<String>,
-    since: Option<String>,
-}
-
 /// `GET /events`: authenticates (401), checks every room (403) and `since` /
 /// `Last-Event-ID` (400; the header wins), then streams what the rooms missed since then,
 /// a `ready` event (`id` = the position live events continue from), and live events.
 pub async fn handler(
     State(app): State<AppState>,
-    Query(q): Query<SseQuery>,
+    Query(q): Query<super::StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user = app.auth.authenticate(&headers, q.token.as_deref())?;

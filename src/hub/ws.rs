@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -36,18 +36,10 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Most queued events written with one flush.
 const MAX_BATCH: usize = 64;
 
-#[derive(Debug, Deserialize)]
-pub struct WsQuery {
-    token: Option<String>,
-    since: Option<String>,
-    /// Comma-separated rooms joined at connect (one ordered catch-up for all of them).
-    rooms: Option<String>,
-}
-
 /// `GET /ws`: authenticates the upgrade request (401 before upgrading) and runs the session.
 pub async fn handler(
     State(app): State<AppState>,
-    Query(q): Query<WsQuery>,
+    Query(q): Query<super::StreamQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
