@@ -197,6 +197,16 @@ pub enum CaptureMode {
     Logical,
 }
 
+impl CaptureMode {
+    /// The name used in configuration files and `ROWCAST_CAPTURE_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Triggers => "triggers",
+            CaptureMode::Logical => "logical",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureConfig {

@@ -108,17 +108,13 @@ pub async fn run_with(
     }
     let pg = PgTemp::start(options).expect("PostgreSQL");
     let (db, mut config) = setup::database(&pg, ROWS as i64, false).await;
-    let mut env = Vec::new();
     // `BENCH_CAPTURE=logical`: the same run with logical capture instead of triggers.
     if std::env::var("BENCH_CAPTURE").as_deref() == Ok("logical") {
         config.capture.mode = rowcast::config::CaptureMode::Logical;
-        env.push(("ROWCAST_CAPTURE_MODE", "logical".to_string()));
     }
     setup::migrate_now(&config).await;
-    if webhook.is_some() {
-        env.push(("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_string()));
-    }
-    let rc = Rowcast::start(&config, &env);
+    let env = [("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_string())];
+    let rc = Rowcast::start(&config, if webhook.is_some() { &env } else { &[] });
     if let Some(url) = webhook {
         crate::webhooks::subscribe(&rc, &config, url, &["*"]).await;
     }

@@ -144,10 +144,7 @@ async fn one(seconds: u64, sync: &str) {
             .await
             .expect("drop slot");
         setup::migrate_now(&logical_config).await;
-        let rc = Rowcast::start(
-            &logical_config,
-            &[("ROWCAST_CAPTURE_MODE", "logical".to_string())],
-        );
+        let rc = Rowcast::start(&logical_config, &[]);
         std::thread::sleep(Duration::from_secs(1));
         let cpu = rc.cpu_secs();
         if statements {

@@ -103,6 +103,7 @@ impl Rowcast {
             .env("DATABASE_URL", config.database_url.as_deref().expect("url"))
             .env("ROWCAST_JWT_SECRET", SECRET)
             .env("ROWCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ROWCAST_CAPTURE_MODE", config.capture.mode.as_str())
             .env("ROWCAST_LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

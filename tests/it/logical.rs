@@ -178,8 +178,7 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     let mut config = db.config();
     logical(&mut config);
     db.migrate(&config).await;
-    let env = [("ROWCAST_CAPTURE_MODE", "logical".to_string())];
-    let mut rc = Proc::start(&config, 0, &env).await;
+    let mut rc = Proc::start(&config, 0, &[]).await;
     let token = support::token("1", "agent");
     let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
     assert_eq!(c.next_json().await.unwrap()["type"], "joined");
@@ -191,7 +190,7 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     let port = rc.port;
     drop(rc);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rc = Proc::start(&config, port, &env).await;
+    let rc = Proc::start(&config, port, &[]).await;
     let last = &got.last;
     let (mut c, _) =
         WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets&since={last}"))).await;

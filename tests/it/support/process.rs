@@ -32,7 +32,8 @@ impl Proc {
         Proc::start(&config, 0, &env).await
     }
 
-    /// Starts `rowcast serve` for `config` (database, JWT secret) on `port` (0 = free port)
+    /// Starts `rowcast serve` for `config` (database, JWT secret, capture mode) on `port`
+    /// (0 = free port)
     /// and waits until `/readyz` answers 200.
     pub async fn start(config: &Config, port: u16, extra_env: &[(&str, String)]) -> Proc {
         let port = if port == 0 { free_port() } else { port };
@@ -41,6 +42,7 @@ impl Proc {
             .env("DATABASE_URL", config.database_url.as_deref().unwrap())
             .env("ROWCAST_JWT_SECRET", config.jwt.secret.as_deref().unwrap())
             .env("ROWCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ROWCAST_CAPTURE_MODE", config.capture.mode.as_str())
             .env("ROWCAST_LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
