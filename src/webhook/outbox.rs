@@ -96,20 +96,17 @@ pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, 
         return Ok(Step::Idle);
     };
     let mut new = Vec::new();
-    {
-        let events = enricher.enrich(&changes).await?;
-        for e in &events {
-            for r in routes
-                .iter()
-                .filter(|r| r.wants(&e.event_type, e.recipient.as_deref()))
-            {
-                new.push(NewDelivery {
-                    endpoint_id: r.id,
-                    change_seq: e.seq.0,
-                    event_type: e.event_type.clone(),
-                    payload: e.payload.get().to_string(),
-                });
-            }
+    for e in &enricher.enrich(&changes).await? {
+        for r in routes
+            .iter()
+            .filter(|r| r.wants(&e.event_type, e.recipient.as_deref()))
+        {
+            new.push(NewDelivery {
+                endpoint_id: r.id,
+                change_seq: e.seq.0,
+                event_type: e.event_type.clone(),
+                payload: e.payload.get().to_string(),
+            });
         }
     }
     let inserted = deliveries::enqueue(&*tx, &new).await?;
