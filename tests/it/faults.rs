@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::socketio::{connect, emit_ack, next_event};
+use crate::socketio::{connect_and_join_tickets, next_event};
 use rowcast::pgtemp::PgTempOptions;
 
 use crate::support::writer::Writer;
@@ -74,14 +74,7 @@ async fn kill_9_socketio_client_resumes_with_since_and_misses_nothing() {
     let mut rc = Proc::start(&config, 0, &[]).await;
     let token = support::token("1", "agent");
     let mut n = Node::start("sio.mjs", &[&rc.http()]);
-    assert_eq!(
-        connect(&mut n, "a", json!({"token": token})).await["type"],
-        "connect"
-    );
-    assert_eq!(
-        emit_ack(&mut n, "a", "join", json!(["tickets"]), 1).await["ok"],
-        true
-    );
+    connect_and_join_tickets(&mut n, "a", json!({"token": token}), 1).await;
     let writer = burst(db.url.clone(), 300);
     let mut seen = BTreeSet::new();
     let mut last = String::new();
@@ -114,12 +107,7 @@ async fn kill_9_socketio_client_resumes_with_since_and_misses_nothing() {
     drop(rc);
     let rc = Proc::start(&config, port, &[]).await;
     let want = writer.await.unwrap();
-    let v = connect(&mut n, "b", json!({"token": token, "since": last})).await;
-    assert_eq!(v["type"], "connect", "{v}");
-    assert_eq!(
-        emit_ack(&mut n, "b", "join", json!(["tickets"]), 2).await["ok"],
-        true
-    );
+    connect_and_join_tickets(&mut n, "b", json!({"token": token, "since": last}), 2).await;
     let mut prev: i64 = last.parse().unwrap();
     while !want.is_subset(&seen) {
         let ev = next_event(&mut n, "b").await;

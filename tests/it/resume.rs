@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::socketio::{connect, emit_ack, next_event, sio};
+use crate::socketio::{connect_and_join_tickets, next_event, sio};
 use crate::support::{self, ws::WsClient};
 
 /// Commits `n` ticket changes, one transaction each: inserts of new rows, then updates of
@@ -39,14 +39,7 @@ async fn reconnect_with_since_gets_exactly_the_100_missed_events_on_socketio_and
     let (mut observer, _) = WsClient::connect(&server.ws_url(&format!("token={token}"))).await;
     observer.join("tickets").await;
     let mut n = sio(&server);
-    assert_eq!(
-        connect(&mut n, "a", json!({"token": token})).await["type"],
-        "connect"
-    );
-    assert_eq!(
-        emit_ack(&mut n, "a", "join", json!(["tickets"]), 1).await["ok"],
-        true
-    );
+    connect_and_join_tickets(&mut n, "a", json!({"token": token}), 1).await;
     let (mut ws, _) = WsClient::connect(&server.ws_url(&format!("token={token}"))).await;
     ws.join("tickets").await;
 
@@ -88,12 +81,7 @@ async fn reconnect_with_since_gets_exactly_the_100_missed_events_on_socketio_and
     }
 
     // Socket.IO: auth { token, since } then join → exactly those 100, in order.
-    let v = connect(&mut n, "b", json!({"token": token, "since": first})).await;
-    assert_eq!(v["type"], "connect", "{v}");
-    assert_eq!(
-        emit_ack(&mut n, "b", "join", json!(["tickets"]), 2).await["ok"],
-        true
-    );
+    connect_and_join_tickets(&mut n, "b", json!({"token": token, "since": first}), 2).await;
     let mut got = Vec::new();
     for _ in 0..100 {
         let v = next_event(&mut n, "b").await;
@@ -187,12 +175,7 @@ async fn since_older_than_the_retained_log_gets_resync_required_everywhere() {
 
     // Socket.IO: a resync_required event after the join.
     let mut n = sio(&server);
-    let v = connect(&mut n, "a", json!({"token": token, "since": since})).await;
-    assert_eq!(v["type"], "connect", "{v}");
-    assert_eq!(
-        emit_ack(&mut n, "a", "join", json!(["tickets"]), 1).await["ok"],
-        true
-    );
+    connect_and_join_tickets(&mut n, "a", json!({"token": token, "since": since}), 1).await;
     let v = n
         .next_where(15, |v| {
             v["type"] == "event" && v["event"] == "resync_required"

@@ -31,6 +31,17 @@ pub async fn emit_ack(n: &mut Node, id: &str, event: &str, args: Value, req: u64
     line["ack"].clone()
 }
 
+/// Connects socket `id` with `auth` and joins `tickets` (acknowledgement request `req`):
+/// both must succeed.
+pub async fn connect_and_join_tickets(n: &mut Node, id: &str, auth: Value, req: u64) {
+    let v = connect(n, id, auth).await;
+    assert_eq!(v["type"], "connect", "{v}");
+    assert_eq!(
+        emit_ack(n, id, "join", json!(["tickets"]), req).await["ok"],
+        true
+    );
+}
+
 /// The next event of socket `id` (any name), skipping other sockets' lines.
 pub async fn next_event(n: &mut Node, id: &str) -> Value {
     let id = id.to_string();
