@@ -26,6 +26,7 @@ use crate::config::{HubConfig, TableKind};
 use crate::enrich::Enricher;
 use crate::event::{Event, Position, SharedEvent};
 use crate::route::RoomTemplate;
+pub use acl::{Acl, JoinError};
 
 /// Query string of the streaming endpoints (`/ws`, `/events`): the token (or an
 /// `Authorization` header), comma-separated rooms joined at connect (one ordered catch-up
@@ -36,7 +37,6 @@ pub struct StreamQuery {
     rooms: Option<String>,
     since: Option<String>,
 }
-pub use acl::{Acl, JoinError};
 
 /// Most rooms one session may be in.
 pub const MAX_ROOMS: usize = 100;
