@@ -61,9 +61,15 @@ test('set, read, test, receive, list deliveries with attempts, remove', async ()
       const r = await api.getWebhookDeliveries();
       return listOf(r).length >= 2 && r;
     }));
-    const one = await api.getWebhookDelivery(deliveries[0].id);
-    assert.ok(one.attempts >= 1 && Array.isArray(one.attempt_log) && one.attempt_log.length === one.attempts,
-      `attempts recorded: ${JSON.stringify(one)}`);
+    // The receiver has answered, but the worker records the attempt just after: wait
+    // for it. Every read must show the log and the counter agreeing.
+    let one;
+    await waitFor('the attempt recorded', async () => {
+      one = await api.getWebhookDelivery(deliveries[0].id);
+      assert.ok(Array.isArray(one.attempt_log) && one.attempt_log.length === one.attempts,
+        `attempt log and counter agree: ${JSON.stringify(one)}`);
+      return one.attempts >= 1;
+    }, 10000);
     assert.ok(one.attempt_log.every((a) => a.outcome && a.attempted_at), 'each attempt has its outcome and time');
 
     await api.deleteWebhook();

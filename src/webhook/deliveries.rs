@@ -290,6 +290,8 @@ pub async fn list<C: GenericClient>(
 }
 
 /// One delivery with its payload and attempts, if visible to `owner` (`None`: admin).
+/// One statement reads both, so the attempt log and the delivery's counters come from
+/// the same snapshot even while a worker is recording an attempt.
 pub async fn get<C: GenericClient>(
     client: &C,
     id: Uuid,
@@ -298,8 +300,18 @@ pub async fn get<C: GenericClient>(
     let Some(row) = client
         .query_opt(
             &format!(
-                "SELECT {DELIVERY_COLUMNS}, d.payload FROM rowcast.webhook_deliveries d
+                "SELECT {DELIVERY_COLUMNS}, d.payload,
+                        a.attempted_at, a.duration_ms, a.status_code, a.outcome, a.error, a.response
+                   FROM rowcast.webhook_deliveries d
                    JOIN rowcast.webhook_endpoints e ON e.id = d.endpoint_id
+                   CROSS JOIN LATERAL (
+                        SELECT array_agg(attempted_at ORDER BY id) AS attempted_at,
+                               array_agg(duration_ms ORDER BY id) AS duration_ms,
+                               array_agg(status_code ORDER BY id) AS status_code,
+                               array_agg(outcome ORDER BY id) AS outcome,
+                               array_agg(error ORDER BY id) AS error,
+                               array_agg(response ORDER BY id) AS response
+                          FROM rowcast.webhook_attempts WHERE delivery_id = d.id) a
                   WHERE d.id = $1 AND ($2::text IS NULL OR e.user_id = $2)"
             ),
             &[&id, &owner],
@@ -311,23 +323,27 @@ pub async fn get<C: GenericClient>(
     let mut d = delivery(&row);
     let payload: String = row.get(11);
     d.payload = serde_json::from_str(&payload).ok();
-    let attempts = client
-        .query(
-            "SELECT attempted_at, duration_ms, status_code, outcome, error, response
-               FROM rowcast.webhook_attempts WHERE delivery_id = $1 ORDER BY id",
-            &[&id],
-        )
-        .await?;
+    // `array_agg` over no rows is NULL: no attempts yet.
+    let at: Vec<time::OffsetDateTime> = row.get::<_, Option<_>>(12).unwrap_or_default();
+    let ms: Vec<i32> = row.get::<_, Option<_>>(13).unwrap_or_default();
+    let codes: Vec<Option<i32>> = row.get::<_, Option<_>>(14).unwrap_or_default();
+    let outcomes: Vec<String> = row.get::<_, Option<_>>(15).unwrap_or_default();
+    let errors: Vec<Option<String>> = row.get::<_, Option<_>>(16).unwrap_or_default();
+    let responses: Vec<Option<String>> = row.get::<_, Option<_>>(17).unwrap_or_default();
     d.attempt_log = Some(
-        attempts
-            .iter()
-            .map(|r| Attempt {
-                attempted_at: rfc3339(r.get(0)),
-                duration_ms: r.get(1),
-                status_code: r.get(2),
-                outcome: r.get(3),
-                error: r.get(4),
-                response: r.get(5),
+        at.into_iter()
+            .zip(ms)
+            .zip(codes)
+            .zip(outcomes)
+            .zip(errors)
+            .zip(responses)
+            .map(|(((((at, ms), code), outcome), error), response)| Attempt {
+                attempted_at: rfc3339(at),
+                duration_ms: ms,
+                status_code: code,
+                outcome,
+                error,
+                response,
             })
             .collect(),
     );

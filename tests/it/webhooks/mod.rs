@@ -100,6 +100,15 @@ impl Api {
             let (s, d) = self
                 .get(&format!("/api/webhook/deliveries/{id}"), token)
                 .await;
+            if s == StatusCode::OK {
+                // Every read, also one taken while an attempt is being recorded, shows
+                // the attempt log and the counter from the same moment.
+                let logged = d["attempt_log"].as_array().map_or(0, Vec::len);
+                assert_eq!(
+                    d["attempts"], logged,
+                    "attempts and attempt_log disagree: {d}"
+                );
+            }
             (s == StatusCode::OK && d["status"] == status).then_some(d)
         })
     }
