@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{self, Server, node::Node};
 
@@ -254,5 +256,193 @@ async fn a_thousand_socketio_clients_join_and_all_receive_an_event() {
         "{N} Socket.IO clients: connected and joined in {:?}, event delivered to all in {} ms",
         connected_in, done["elapsed_ms"]
     );
+    server.stop().await;
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A Socket.IO connection spoken on the wire (engine.io v4 over WebSocket, no polling
+/// first), connected to the default namespace, and the packets other than the
+/// connect answer that came meanwhile (engine.io pings the socket at once). It answers
+/// nothing on its own.
+async fn raw_socketio(server: &Server, token: &str) -> (RawWs, Vec<String>) {
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        server.http().replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect /socket.io/");
+    let open = raw_text(&mut ws).await;
+    assert!(open.starts_with('0'), "engine.io open packet: {open}");
+    ws.send(Message::Text(
+        format!("40{}", json!({ "token": token })).into(),
+    ))
+    .await
+    .unwrap();
+    let mut other = Vec::new();
+    loop {
+        let t = raw_text(&mut ws).await;
+        if t.starts_with("40") {
+            return (ws, other);
+        }
+        assert!(!t.starts_with("44"), "Socket.IO connect refused: {t}");
+        other.push(t);
+    }
+}
+
+async fn raw_text(ws: &mut RawWs) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a packet within 15 s")
+        {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+/// engine.io's heartbeat on a connection opened over WebSocket: a client that answers
+/// the server's pings is pinged every interval and stays; one that does not answer gets
+/// no further ping and is closed, with engine.io's close packet, once the ping timeout
+/// (engine.io's 20 s) has passed. The answering client still receives events after.
+#[tokio::test]
+async fn socketio_heartbeat_keeps_answering_clients_and_closes_silent_ones() {
+    let (db, server) = support::start_with(|c| c.hub.ping_interval = Duration::from_secs(1)).await;
+    let token = server.token("1", "agent");
+    let (mut answering, early) = raw_socketio(&server, &token).await;
+    for t in early {
+        assert_eq!(t, "2", "only a ping comes before the connect answer");
+        answering.send(Message::Text("3".into())).await.unwrap();
+    }
+    let (silent, early) = raw_socketio(&server, &token).await;
+
+    let started = Instant::now();
+    let silent = tokio::spawn(async move {
+        let mut silent = silent;
+        let mut seen = early;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), silent.next())
+                .await
+                .expect("the silent client is closed within 60 s")
+            {
+                Some(Ok(Message::Text(t))) => seen.push(t.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        (seen, started.elapsed())
+    });
+    let mut pings = 0;
+    while !silent.is_finished() {
+        match tokio::time::timeout(Duration::from_millis(100), answering.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                pings += 1;
+                answering.send(Message::Text("3".into())).await.unwrap();
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the answering client lost its connection: {other:?}"),
+        }
+    }
+    let (seen, closed_after) = silent.await.unwrap();
+    assert_eq!(
+        seen,
+        ["2", "1"],
+        "the silent client gets one ping, then engine.io's close packet"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(15),
+        "closed after {closed_after:?}, before the ping timeout"
+    );
+    assert!(
+        pings >= 10,
+        "{pings} pings in {closed_after:?} at a 1 s interval"
+    );
+
+    answering
+        .send(Message::Text(r#"421["join","tickets"]"#.into()))
+        .await
+        .unwrap();
+    loop {
+        let t = raw_text(&mut answering).await;
+        if t == "2" {
+            answering.send(Message::Text("3".into())).await.unwrap();
+        } else if t.starts_with("431") {
+            assert!(t.contains(r#""ok":true"#), "join: {t}");
+            break;
+        }
+    }
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO tickets (subject, requester_id) VALUES ('still here', 3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    loop {
+        let t = raw_text(&mut answering).await;
+        if t == "2" {
+            answering.send(Message::Text("3".into())).await.unwrap();
+        } else if t.starts_with(r#"42["ticket.update""#) {
+            assert!(t.contains("still here"), "{t}");
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+/// The npm client over long polling, and over polling upgraded to WebSocket (its default),
+/// through several heartbeats: both stay connected and receive events.
+#[tokio::test]
+async fn socketio_over_polling_and_after_an_upgrade_receives_events() {
+    let (db, server) = support::start_with(|c| c.hub.ping_interval = Duration::from_secs(1)).await;
+    let mut n = sio(&server);
+    let token = server.token("1", "agent");
+    for (id, transports) in [
+        ("polling", json!(["polling"])),
+        ("upgraded", json!(["polling", "websocket"])),
+    ] {
+        n.send(
+            json!({"cmd": "connect", "id": id, "auth": {"token": token}, "transports": transports}),
+        )
+        .await;
+        let v = n
+            .next_where(15, move |v| {
+                v["id"] == id && (v["type"] == "connect" || v["type"] == "connect_error")
+            })
+            .await;
+        assert_eq!(v["type"], "connect", "{id}: {v}");
+        assert_eq!(
+            emit_ack(&mut n, id, "join", json!(["tickets"]), 1).await["ok"],
+            true
+        );
+    }
+    let pg = db.client().await;
+    for round in 0..2 {
+        // Three ping intervals without traffic, then an event.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let subject = format!("round {round}");
+        pg.execute(
+            "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3)",
+            &[&subject],
+        )
+        .await
+        .unwrap();
+        for id in ["polling", "upgraded"] {
+            let v = next_event(&mut n, id).await;
+            assert_eq!(v["event"], "ticket.update", "{id}: {v}");
+            assert_eq!(
+                v["payload"]["data"]["subject"],
+                subject.as_str(),
+                "{id}: {v}"
+            );
+        }
+    }
+    n.close_stdin();
     server.stop().await;
 }

@@ -12,7 +12,9 @@ use futures_util::{
 };
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -123,6 +125,7 @@ where
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
     let ws_init = move || WebSocketStream::from_raw_socket(conn, Role::Server, Some(ws_config));
+    let mut heartbeat = None;
     let (socket, ws) = if let Some(sid) = sid {
         match engine.get_socket(sid) {
             None => return Err(Error::UnknownSessionID(sid)),
@@ -159,17 +162,39 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        // (rowcast patch) A v4 session opened over WebSocket sends its pings from the
+        // writer task instead of a task of its own (one task less per socket).
+        if socket.protocol == ProtocolVersion::V4 {
+            heartbeat = Some((engine.config.ping_interval, engine.config.ping_timeout));
+        } else {
+            socket
+                .clone()
+                .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        }
         (socket, ws)
     };
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
 
-    // pipe between internal socket channel and websocket
+    // Pipe between internal socket channel and websocket.
+    // (rowcast patch) The reader gets a task of its own: the upgrade and handshake states
+    // above make this task's future several times larger than the read loop needs, and
+    // it would otherwise stay allocated for the whole life of the connection.
+    tokio::spawn(read_until_closed(engine, rx, socket));
+    Ok(())
+}
+
+/// Reads the client's packets until the connection or the session ends, then closes the
+/// session with the reason.
+async fn read_until_closed<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    rx: SplitStream<WebSocketStream<S>>,
+    socket: Arc<Socket<H::Data>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match forward_to_handler(&engine, rx, &socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
@@ -192,7 +217,6 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    Ok(())
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
@@ -254,6 +278,7 @@ where
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
+    mut heartbeat: Option<(Duration, Duration)>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -307,17 +332,36 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
+    // (rowcast patch) The v4 heartbeat of a session opened over WebSocket, as
+    // `Socket::heartbeat_job_v4` runs it: a ping at once and then every `interval`; no pong
+    // within `timeout` of a ping closes the session. A pong that arrives early stays in the
+    // channel and answers the next ping.
+    let mut pongs = match heartbeat {
+        Some(_) => Some(
+            socket
+                .heartbeat_rx
+                .try_lock()
+                .expect("Pong rx should be locked only once"),
+        ),
+        None => None,
+    };
+    if let Some(pongs) = pongs.as_mut() {
+        pongs.try_recv().ok();
+    }
+    let mut next_ping = Instant::now();
+    let mut pong_due: Option<Instant> = None;
+
     loop {
         tokio::select! {
             biased;
             items = buffered_rx.recv() => {
                 match items {
                     Some(packets) => {
-                        for item in packets {
+                        for item in *packets {
                             map_fn!(item);
                         }
                         while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in packets {
+                            for item in *packets {
                                 map_fn!(item);
                             }
                         }
@@ -331,10 +375,35 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
+                    for item in *packets {
                         map_fn!(item);
                     }
                 }
+            },
+            Some(()) = async { pongs.as_mut()?.recv().await }, if pong_due.is_some() => {
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?socket.id, "pong received");
+                pong_due = None;
+                continue;
+            },
+            _ = tokio::time::sleep_until(pong_due.unwrap_or(next_ping)), if heartbeat.is_some() => {
+                let (interval, timeout) = heartbeat.expect("checked by the branch condition");
+                if pong_due.is_some() {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+                    // Queues a close packet, which the next turn sends before it sees the
+                    // cancellation.
+                    socket.close(DisconnectReason::HeartbeatTimeout);
+                    pong_due = None;
+                    heartbeat = None;
+                    continue;
+                }
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?socket.id, "emitting ping");
+                let ping = Packet::Ping;
+                map_fn!(ping);
+                pong_due = Some(Instant::now() + timeout);
+                next_ping += interval;
             },
         }
 
@@ -408,7 +477,7 @@ where
     // We send a last Noop request to close a potential waiting polling request.
     socket
         .internal_tx
-        .send(smallvec![Packet::Noop])
+        .send(Box::new(smallvec![Packet::Noop]))
         .await
         .map_err(|_| Error::Upgrade)?;
 
