@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod poll;
+pub mod queue;
 pub mod socketio;
 pub mod sse;
 pub mod ws;
@@ -17,7 +18,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::AuthUser;
@@ -27,6 +27,7 @@ use crate::enrich::Enricher;
 use crate::event::{Event, Position, SharedEvent};
 use crate::route::RoomTemplate;
 pub use acl::{Acl, JoinError};
+use queue::Queue;
 
 /// Query string of the streaming endpoints (`/ws`, `/events`): the token (or an
 /// `Authorization` header), comma-separated rooms joined at connect (one ordered catch-up
@@ -86,7 +87,7 @@ impl Transport {
 }
 
 struct Entry {
-    tx: mpsc::Sender<Delivery>,
+    tx: Arc<Queue<Delivery>>,
     rooms: HashSet<Arc<str>>,
     kick: CancellationToken,
 }
@@ -180,7 +181,7 @@ impl Hub {
                         event: ev.clone(),
                         room: idx as u8,
                     };
-                    if let Err(mpsc::error::TrySendError::Full(_)) = entry.tx.try_send(d) {
+                    if entry.tx.push(d).is_err() {
                         kicked.push(*sid);
                     }
                 }
@@ -222,7 +223,8 @@ impl Hub {
     /// Opens a session for an authenticated user, joined to `user:<sub>`.
     pub fn open(self: &Arc<Self>, user: AuthUser, transport: Transport) -> Session {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.config.session_queue);
+        let rx = Arc::new(Queue::new(self.config.session_queue));
+        let tx = rx.clone();
         let kick = CancellationToken::new();
         let user_room: Arc<str> = Arc::from(format!("user:{}", user.sub));
         let position = {
@@ -402,7 +404,7 @@ pub struct Session {
     pub transport: Transport,
     hub: Arc<Hub>,
     /// Live deliveries, bounded.
-    pub rx: mpsc::Receiver<Delivery>,
+    pub rx: Arc<Queue<Delivery>>,
     /// Cancelled when the session fell too far behind and must close (4008).
     pub kicked: CancellationToken,
     opened_at: Position,

@@ -7,7 +7,7 @@
 //! `notification`, ...) with the contract payload, `resync_required`, and `rowcast:error`
 //! right before the server disconnects a socket (too slow, token expired, resume failed).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,10 +21,10 @@ use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::Queue;
 use super::{Delivery, MAX_ROOMS, ResumeError, Session, Transport};
 use crate::api::AppState;
 use crate::api::auth::AuthError;
@@ -143,62 +143,9 @@ enum Request {
 }
 
 /// The socket's pending join/leave requests, filled by its event handlers and drained in
-/// order by its task. (A queue rather than a channel: an idle socket holds no buffer.)
-#[derive(Default)]
-struct Requests {
-    pending: Mutex<Pending>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct Pending {
-    queue: VecDeque<Request>,
-    /// The socket's task has ended: requests are dropped unanswered. (Queued requests hold
-    /// the socket, whose handlers hold this queue: they must not outlive the task.)
-    closed: bool,
-}
-
-impl Requests {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues a request, or gives it back when [`PENDING_REQUESTS`] are already waiting.
-    fn push(&self, req: Request) -> Result<(), Request> {
-        let mut pending = self.lock();
-        if pending.closed {
-            return Ok(());
-        }
-        if pending.queue.len() >= PENDING_REQUESTS {
-            return Err(req);
-        }
-        pending.queue.push_back(req);
-        drop(pending);
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    /// The oldest request, waiting for one if there is none.
-    async fn next(&self) -> Request {
-        loop {
-            if let Some(req) = self.lock().queue.pop_front() {
-                return req;
-            }
-            // A push since the check left a permit: this returns at once.
-            self.ready.notified().await;
-        }
-    }
-
-    /// Drops the queued requests and refuses later ones.
-    fn close(&self) {
-        let queue = {
-            let mut pending = self.lock();
-            pending.closed = true;
-            std::mem::take(&mut pending.queue)
-        };
-        drop(queue);
-    }
-}
+/// order by its task; closed when the task ends (queued requests hold the socket, whose
+/// handlers hold this queue: they must not outlive the task).
+type Requests = Queue<Request>;
 
 /// What the middleware prepared for the connect handler (taken exactly once).
 struct Prepared {
@@ -264,7 +211,7 @@ async fn authenticate(
     if let Some(s) = since {
         session.set_resume(s);
     }
-    let requests = Arc::new(Requests::default());
+    let requests = Arc::new(Requests::new(PENDING_REQUESTS));
     let gone = CancellationToken::new();
     for (name, is_join) in [("join", true), ("leave", false)] {
         let tx = requests.clone();
@@ -427,10 +374,7 @@ impl Conn {
                     Request::Leave(rooms, ack) => self.leave(rooms, ack),
                 },
                 // 6. Live events.
-                d = self.session.rx.recv() => match d {
-                    Some(d) => self.deliver(d).await,
-                    None => Flow::Stop,
-                },
+                d = self.session.rx.next() => self.deliver(d).await,
             };
             if let Flow::Stop = flow {
                 break;

@@ -115,13 +115,11 @@ impl Conn {
                     self.end("token_expired", "token expired; reconnect with a new token".into());
                 }
                 // 4. Live events.
-                d = self.session.rx.recv() => match d {
-                    Some(d) if self.session.is_new(&d) && d.event.seq > self.live_after => {
+                d = self.session.rx.next() => {
+                    if self.session.is_new(&d) && d.event.seq > self.live_after {
                         self.pending.push_back(event(&d.event));
                     }
-                    Some(_) => {}
-                    None => self.ended = true,
-                },
+                }
             }
         }
     }

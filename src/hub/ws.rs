@@ -171,10 +171,7 @@ impl Conn {
                     Some(Ok(_)) => Flow::Continue,
                 },
                 // 5. Live events.
-                d = self.session.rx.recv() => match d {
-                    Some(d) => self.deliver(d).await,
-                    None => Flow::Stop,
-                },
+                d = self.session.rx.next() => self.deliver(d).await,
                 // 6. Keep-alive.
                 _ = ping.tick() => {
                     if self.send(Message::Ping(Default::default())).await { Flow::Continue } else { Flow::Stop }
@@ -199,7 +196,7 @@ impl Conn {
                 last = Some(d.event.seq);
             }
             if frames.len() < MAX_BATCH {
-                next = self.session.rx.try_recv().ok();
+                next = self.session.rx.try_next();
             }
         }
         if frames.is_empty() {
