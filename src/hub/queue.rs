@@ -22,6 +22,14 @@ struct State<T> {
     closed: bool,
 }
 
+impl<T> State<T> {
+    fn release_if_drained(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > KEEP_CAPACITY {
+            self.items = VecDeque::new();
+        }
+    }
+}
+
 /// Buffers larger than this are released when the queue drains, so a burst does not pin
 /// its peak for the rest of an idle session.
 const KEEP_CAPACITY: usize = 64;
@@ -53,9 +61,13 @@ impl<T> Queue<T> {
         if state.items.len() >= self.limit {
             return Err(item);
         }
+        let was_empty = state.items.is_empty();
         state.items.push_back(item);
         drop(state);
-        self.ready.notify_one();
+        // The consumer only waits after it found the queue empty.
+        if was_empty {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -63,10 +75,16 @@ impl<T> Queue<T> {
     pub fn try_next(&self) -> Option<T> {
         let mut state = self.lock();
         let item = state.items.pop_front();
-        if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
-            state.items = VecDeque::new();
-        }
+        state.release_if_drained();
         item
+    }
+
+    /// Moves up to `max` of the oldest items to `out`, under one lock.
+    pub fn take_into(&self, out: &mut Vec<T>, max: usize) {
+        let mut state = self.lock();
+        let n = max.min(state.items.len());
+        out.extend(state.items.drain(..n));
+        state.release_if_drained();
     }
 
     /// The oldest item, waiting for one if there is none. (One consumer: a push wakes it.)
@@ -108,6 +126,13 @@ mod tests {
         assert_eq!(q.next().await, 1);
         assert_eq!(q.try_next(), Some(2));
         assert_eq!(q.try_next(), None);
+        for i in 5..7 {
+            q.push(i).unwrap();
+        }
+        let mut batch = vec![];
+        q.take_into(&mut batch, 1);
+        q.take_into(&mut batch, 10);
+        assert_eq!(batch, [5, 6], "batches keep the order");
 
         let consumer = tokio::spawn({
             let q = q.clone();

@@ -187,16 +187,14 @@ impl Conn {
     /// one syscall per batch instead of one per event, which was most of rowcast's CPU at
     /// hundreds of clients.
     async fn deliver(&mut self, first: Delivery) -> Flow {
-        let mut frames = Vec::new();
+        let mut batch = vec![first];
+        self.session.rx.take_into(&mut batch, MAX_BATCH - 1);
+        let mut frames = Vec::with_capacity(batch.len());
         let mut last = None;
-        let mut next = Some(first);
-        while let Some(d) = next.take() {
+        for d in batch {
             if self.session.is_new(&d) {
                 frames.push(event_frame(&d.event, d.room()));
                 last = Some(d.event.seq);
-            }
-            if frames.len() < MAX_BATCH {
-                next = self.session.rx.try_next();
             }
         }
         if frames.is_empty() {
