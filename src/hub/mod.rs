@@ -1,9 +1,9 @@
 //! The hub: rooms → sessions, fan-out with bounded per-session queues, and resume.
 //!
 //! Every transport (`/ws`, Socket.IO, SSE) is a thin adapter over a [`Session`]. The hub
-//! never blocks on a client: `publish` uses `try_send`, and a session whose queue is full
-//! is removed from its rooms and told to close (WebSocket 4008); the client resumes from
-//! its last `seq`. Membership changes and publishing share one lock, so a join observes a
+//! never blocks on a client: `publish` pushes into bounded queues ([`queue::Queue`]), and a
+//! session whose queue is full is removed from its rooms and told to close (WebSocket
+//! 4008); the client resumes from its last `seq`. Membership changes and publishing share one lock, so a join observes a
 //! position `H` such that every event after `H` reaches the session's queue and every event
 //! up to `H` must come from [`Hub::catch_up_page`].
 

@@ -292,6 +292,18 @@ async fn raw_socketio(server: &Server, token: &str) -> (RawWs, Vec<String>) {
     }
 }
 
+/// The next packet that starts with `prefix`, answering engine.io pings on the way.
+async fn raw_answering_until(ws: &mut RawWs, prefix: &str) -> String {
+    loop {
+        let t = raw_text(ws).await;
+        if t == "2" {
+            ws.send(Message::Text("3".into())).await.unwrap();
+        } else if t.starts_with(prefix) {
+            return t;
+        }
+    }
+}
+
 async fn raw_text(ws: &mut RawWs) -> String {
     loop {
         match tokio::time::timeout(Duration::from_secs(15), ws.next())
@@ -367,15 +379,8 @@ async fn socketio_heartbeat_keeps_answering_clients_and_closes_silent_ones() {
         .send(Message::Text(r#"421["join","tickets"]"#.into()))
         .await
         .unwrap();
-    loop {
-        let t = raw_text(&mut answering).await;
-        if t == "2" {
-            answering.send(Message::Text("3".into())).await.unwrap();
-        } else if t.starts_with("431") {
-            assert!(t.contains(r#""ok":true"#), "join: {t}");
-            break;
-        }
-    }
+    let ack = raw_answering_until(&mut answering, "431").await;
+    assert!(ack.contains(r#""ok":true"#), "join: {ack}");
     db.client()
         .await
         .execute(
@@ -384,15 +389,8 @@ async fn socketio_heartbeat_keeps_answering_clients_and_closes_silent_ones() {
         )
         .await
         .unwrap();
-    loop {
-        let t = raw_text(&mut answering).await;
-        if t == "2" {
-            answering.send(Message::Text("3".into())).await.unwrap();
-        } else if t.starts_with(r#"42["ticket.update""#) {
-            assert!(t.contains("still here"), "{t}");
-            break;
-        }
-    }
+    let event = raw_answering_until(&mut answering, r#"42["ticket.update""#).await;
+    assert!(event.contains("still here"), "{event}");
     server.stop().await;
 }
 
