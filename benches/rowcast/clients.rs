@@ -72,6 +72,19 @@ async fn next_packet(ws: &mut Ws) -> String {
     }
 }
 
+/// Joins a connected Socket.IO client to `room` and waits for the acknowledgement.
+async fn join(mut ws: Ws, room: &str) -> Ws {
+    let join = format!("421{}", serde_json::json!(["join", room]));
+    ws.send(Message::Text(join.into())).await.expect("send");
+    loop {
+        let ack = next_packet(&mut ws).await;
+        if ack.starts_with("431") {
+            assert!(ack.contains("\"ok\":true"), "join: {ack}");
+            return ws;
+        }
+    }
+}
+
 /// A Socket.IO v4 client speaking the wire protocol directly (engine.io v4 over WebSocket,
 /// default namespace), joined to `room`. Cheap enough for 10,000 in one process.
 pub async fn socketio(port: u16, token: &str, room: &str) -> Ws {
@@ -85,15 +98,62 @@ pub async fn socketio(port: u16, token: &str, room: &str) -> Ws {
     ws.send(Message::Text(connect.into())).await.expect("send");
     let ok = next_packet(&mut ws).await;
     assert!(ok.starts_with("40"), "Socket.IO connect: {ok}");
-    let join = format!("421{}", serde_json::json!(["join", room]));
-    ws.send(Message::Text(join.into())).await.expect("send");
-    loop {
-        let ack = next_packet(&mut ws).await;
-        if ack.starts_with("431") {
-            assert!(ack.contains("\"ok\":true"), "join: {ack}");
-            return ws;
+    join(ws, room).await
+}
+
+/// The same, opened the way `socket.io-client` does by default: an engine.io session over
+/// HTTP long polling, the Socket.IO connect over polling, then the upgrade to WebSocket
+/// (`2probe` / `3probe` / `5`), and the join over the WebSocket.
+pub async fn socketio_upgraded(http: &reqwest::Client, port: u16, token: &str, room: &str) -> Ws {
+    let polling = format!("http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling");
+    let get = |url: String| async move {
+        let r = http.get(&url).send().await.expect("polling GET");
+        assert!(r.status().is_success(), "polling GET: {}", r.status());
+        r.text().await.expect("polling body")
+    };
+    let open = get(polling.clone()).await;
+    let open: serde_json::Value = open
+        .strip_prefix('0')
+        .and_then(|o| serde_json::from_str(o).ok())
+        .unwrap_or_else(|| panic!("engine.io open packet: {open}"));
+    let sid = open["sid"].as_str().expect("sid").to_string();
+    let session = format!("{polling}&sid={sid}");
+    let post = |body: String| {
+        let url = session.clone();
+        async move {
+            let r = http
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .expect("polling POST");
+            assert!(r.status().is_success(), "polling POST: {}", r.status());
+        }
+    };
+    post(format!("40{}", serde_json::json!({ "token": token }))).await;
+    'connect: loop {
+        let body = get(session.clone()).await;
+        for packet in body.split('\u{1e}') {
+            if packet == "2" {
+                post("3".into()).await;
+            } else if packet.starts_with("40") {
+                break 'connect;
+            } else {
+                assert!(!packet.starts_with("44"), "Socket.IO connect: {packet}");
+            }
         }
     }
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config()), false)
+        .await
+        .expect("upgrade to WebSocket");
+    ws.send(Message::Text("2probe".into()))
+        .await
+        .expect("probe");
+    let probe = next_text(&mut ws).await;
+    assert_eq!(probe, "3probe", "upgrade probe answer");
+    ws.send(Message::Text("5".into())).await.expect("upgrade");
+    join(ws, room).await
 }
 
 /// Answers engine.io pings (/ws pings are answered by tungstenite) and otherwise discards everything, until the connection ends.

@@ -1,5 +1,6 @@
 //! `memory`: RSS of the rowcast process with N idle connections (each joined to `tickets`),
-//! over `/ws` and Socket.IO, each on a fresh rowcast process.
+//! over `/ws`, Socket.IO straight over WebSocket, and Socket.IO opened over polling and
+//! upgraded (`socket.io-client`'s default), each on a fresh rowcast process.
 
 use std::time::Duration;
 
@@ -20,7 +21,12 @@ pub async fn run(n: usize) {
     );
     println!("|---|---|---|---|---|---|");
     let only_sio = std::env::var("BENCH_ONLY_SOCKETIO").is_ok();
-    for sio in [false, true] {
+    let http = reqwest::Client::new();
+    for (name, sio, upgraded) in [
+        ("/ws", false, false),
+        ("Socket.IO", true, false),
+        ("Socket.IO (polling, then upgraded)", true, true),
+    ] {
         if only_sio && !sio {
             continue;
         }
@@ -32,7 +38,12 @@ pub async fn run(n: usize) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rc.rss_mb();
         let port = rc.port;
-        let conns = if sio {
+        let conns = if upgraded {
+            clients::many(n, 64, |_| {
+                clients::socketio_upgraded(&http, port, &token, "tickets")
+            })
+            .await
+        } else if sio {
             clients::many(n, 64, |_| clients::socketio(port, &token, "tickets")).await
         } else {
             let url = rc.ws_url(&format!("token={token}&rooms=tickets"));
@@ -47,8 +58,7 @@ pub async fn run(n: usize) {
         let alive = tasks.iter().filter(|t| !t.is_finished()).count();
         assert_eq!(alive, n, "every connection stays open");
         println!(
-            "| {} | {n} | {before:.1} | {after:.1} | {:.1} | {} |",
-            if sio { "Socket.IO" } else { "/ws" },
+            "| {name} | {n} | {before:.1} | {after:.1} | {:.1} | {} |",
             (after - before) * 1024.0 / n as f64,
             if after <= 150.0 { "met" } else { "missed" },
         );

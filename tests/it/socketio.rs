@@ -317,50 +317,113 @@ async fn raw_text(ws: &mut RawWs) -> String {
     }
 }
 
-/// engine.io's heartbeat on a connection opened over WebSocket: a client that answers
-/// the server's pings is pinged every interval and stays; one that does not answer gets
-/// no further ping and is closed, with engine.io's close packet, once the ping timeout
-/// (engine.io's 20 s) has passed. The answering client still receives events after.
+/// A Socket.IO connection opened the way `socket.io-client` does by default: an engine.io
+/// session over HTTP long polling, the Socket.IO connect over polling (pings that come
+/// meanwhile answered when `answer`), then the upgrade to WebSocket (`2probe`, `3probe`,
+/// `5`).
+async fn raw_socketio_upgraded(server: &Server, token: &str, answer: bool) -> RawWs {
+    let http = reqwest::Client::new();
+    let polling = format!("{}/socket.io/?EIO=4&transport=polling", server.http());
+    let get = |url: String| {
+        let http = http.clone();
+        async move { http.get(&url).send().await.unwrap().text().await.unwrap() }
+    };
+    let open = get(polling.clone()).await;
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_string();
+    let session = format!("{polling}&sid={sid}");
+    let post = |body: String| {
+        let (http, url) = (http.clone(), session.clone());
+        async move {
+            let r = http.post(&url).body(body).send().await.unwrap();
+            assert!(r.status().is_success(), "polling POST: {}", r.status());
+        }
+    };
+    post(format!("40{}", json!({ "token": token }))).await;
+    'connect: loop {
+        let body = get(session.clone()).await;
+        for packet in body.split('\u{1e}') {
+            if packet == "2" && answer {
+                post("3".into()).await;
+            } else if packet.starts_with("40") {
+                break 'connect;
+            } else {
+                assert!(!packet.starts_with("44"), "Socket.IO connect: {packet}");
+            }
+        }
+    }
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        server.http().replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    ws.send(Message::Text("2probe".into())).await.unwrap();
+    assert_eq!(raw_text(&mut ws).await, "3probe");
+    ws.send(Message::Text("5".into())).await.unwrap();
+    ws
+}
+
+/// Reads a client that never answers until its connection ends: what it received, and
+/// when the connection ended.
+async fn watch_silent(
+    mut ws: RawWs,
+    mut seen: Vec<String>,
+    started: Instant,
+) -> (Vec<String>, Duration) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("the silent client is closed within 60 s")
+        {
+            Some(Ok(Message::Text(t))) => seen.push(t.to_string()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    (seen, started.elapsed())
+}
+
+/// engine.io's heartbeat over WebSocket, for a session opened over WebSocket and for one
+/// opened over polling and upgraded (whose heartbeat moves to the WebSocket writer at the
+/// upgrade): a client that answers the server's pings is pinged every interval and stays;
+/// one that does not answer gets no further ping and is closed, with engine.io's close
+/// packet, once the ping timeout (engine.io's 20 s) has passed. The answering clients
+/// still receive events after.
 #[tokio::test]
 async fn socketio_heartbeat_keeps_answering_clients_and_closes_silent_ones() {
     let (db, server) = support::start_with(|c| c.hub.ping_interval = Duration::from_secs(1)).await;
     let token = server.token("1", "agent");
-    let (mut answering, early) = raw_socketio(&server, &token).await;
+    let (mut direct, early) = raw_socketio(&server, &token).await;
     for t in early {
         assert_eq!(t, "2", "only a ping comes before the connect answer");
-        answering.send(Message::Text("3".into())).await.unwrap();
+        direct.send(Message::Text("3".into())).await.unwrap();
     }
-    let (silent, early) = raw_socketio(&server, &token).await;
+    let upgraded = raw_socketio_upgraded(&server, &token, true).await;
+    let mut answering = [("direct", direct), ("upgraded", upgraded)];
 
     let started = Instant::now();
-    let silent = tokio::spawn(async move {
-        let mut silent = silent;
-        let mut seen = early;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(60), silent.next())
-                .await
-                .expect("the silent client is closed within 60 s")
-            {
-                Some(Ok(Message::Text(t))) => seen.push(t.to_string()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
+    let (silent_direct, early) = raw_socketio(&server, &token).await;
+    let silent_direct = tokio::spawn(watch_silent(silent_direct, early, started));
+    let silent_upgraded = raw_socketio_upgraded(&server, &token, false).await;
+    let silent_upgraded = tokio::spawn(watch_silent(silent_upgraded, vec![], started));
+
+    let mut pings = [0; 2];
+    while !(silent_direct.is_finished() && silent_upgraded.is_finished()) {
+        for ((name, ws), pings) in answering.iter_mut().zip(&mut pings) {
+            match tokio::time::timeout(Duration::from_millis(50), ws.next()).await {
+                Err(_) => {}
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                    *pings += 1;
+                    ws.send(Message::Text("3".into())).await.unwrap();
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("the answering {name} client lost its connection: {other:?}"),
             }
-        }
-        (seen, started.elapsed())
-    });
-    let mut pings = 0;
-    while !silent.is_finished() {
-        match tokio::time::timeout(Duration::from_millis(100), answering.next()).await {
-            Err(_) => {}
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
-                pings += 1;
-                answering.send(Message::Text("3".into())).await.unwrap();
-            }
-            Ok(Some(Ok(_))) => {}
-            Ok(other) => panic!("the answering client lost its connection: {other:?}"),
         }
     }
-    let (seen, closed_after) = silent.await.unwrap();
+    let (seen, closed_after) = silent_direct.await.unwrap();
     assert_eq!(
         seen,
         ["2", "1"],
@@ -370,17 +433,34 @@ async fn socketio_heartbeat_keeps_answering_clients_and_closes_silent_ones() {
         closed_after >= Duration::from_secs(15),
         "closed after {closed_after:?}, before the ping timeout"
     );
-    assert!(
-        pings >= 10,
-        "{pings} pings in {closed_after:?} at a 1 s interval"
+    let (seen, closed_after) = silent_upgraded.await.unwrap();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("1"),
+        "the silent upgraded client ends with engine.io's close packet: {seen:?}"
     );
+    assert!(
+        seen.iter().filter(|t| *t == "2").count() <= 1,
+        "no ping after an unanswered one: {seen:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(15),
+        "upgraded: closed after {closed_after:?}, before the ping timeout"
+    );
+    for ((name, _), pings) in answering.iter().zip(pings) {
+        assert!(
+            pings >= 10,
+            "{name}: {pings} pings in {closed_after:?} at a 1 s interval"
+        );
+    }
 
-    answering
-        .send(Message::Text(r#"421["join","tickets"]"#.into()))
-        .await
-        .unwrap();
-    let ack = raw_answering_until(&mut answering, "431").await;
-    assert!(ack.contains(r#""ok":true"#), "join: {ack}");
+    for (_, ws) in &mut answering {
+        ws.send(Message::Text(r#"421["join","tickets"]"#.into()))
+            .await
+            .unwrap();
+        let ack = raw_answering_until(ws, "431").await;
+        assert!(ack.contains(r#""ok":true"#), "join: {ack}");
+    }
     db.client()
         .await
         .execute(
@@ -389,8 +469,10 @@ async fn socketio_heartbeat_keeps_answering_clients_and_closes_silent_ones() {
         )
         .await
         .unwrap();
-    let event = raw_answering_until(&mut answering, r#"42["ticket.update""#).await;
-    assert!(event.contains("still here"), "{event}");
+    for (name, ws) in &mut answering {
+        let event = raw_answering_until(ws, r#"42["ticket.update""#).await;
+        assert!(event.contains("still here"), "{name}: {event}");
+    }
     server.stop().await;
 }
 

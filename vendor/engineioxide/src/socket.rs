@@ -233,6 +233,10 @@ where
     /// which is running in a separate task
     pub(crate) heartbeat_tx: mpsc::Sender<()>,
 
+    /// (rowcast patch) The heartbeat task of a session opened over polling, so that an
+    /// upgrade to WebSocket can hand the heartbeat over to the WebSocket writer task.
+    heartbeat_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
 
@@ -277,6 +281,7 @@ where
 
             heartbeat_rx: Mutex::new(heartbeat_rx),
             heartbeat_tx,
+            heartbeat_task: Default::default(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -313,8 +318,9 @@ where
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
         let cancellation_token = self.cancellation_token.clone();
+        let socket = self.clone();
 
-        tokio::spawn(
+        let task = tokio::spawn(
             cancellation_token
                 .run_until_cancelled_owned(async move {
                     if let Err(_e) = self.heartbeat_job(interval, timeout).await {
@@ -328,6 +334,21 @@ where
                     tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
                 }),
         );
+        *socket
+            .heartbeat_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+    }
+
+    /// (rowcast patch) Stops the heartbeat task, if the socket has one; its pong receiver
+    /// is free once the task has been dropped. Returns whether there was one.
+    pub(crate) fn stop_heartbeat_task(&self) -> bool {
+        let task = self
+            .heartbeat_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        task.map(|t| t.abort()).is_some()
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -628,6 +649,7 @@ where
 
             heartbeat_rx: Mutex::new(heartbeat_rx),
             heartbeat_tx,
+            heartbeat_task: Default::default(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

@@ -138,7 +138,15 @@ where
                     .with_cancellation_token(&socket.cancellation_token)
                     .await
                 {
-                    Some(Ok(res)) => res?,
+                    Some(Ok(res)) => {
+                        res?;
+                        // (rowcast patch) Upgraded from polling: the writer task takes
+                        // over the heartbeat from the task the polling session started.
+                        if socket.protocol == ProtocolVersion::V4 && socket.stop_heartbeat_task() {
+                            heartbeat =
+                                Some((engine.config.ping_interval, engine.config.ping_timeout));
+                        }
+                    }
                     Some(Err(_)) => {
                         #[cfg(feature = "tracing")]
                         tracing::debug!(?sid, "ws upgrade timed out, closing session");
@@ -332,17 +340,14 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
-    // (rowcast patch) The v4 heartbeat of a session opened over WebSocket, as
+    // (rowcast patch) The v4 heartbeat of a WebSocket session, as
     // `Socket::heartbeat_job_v4` runs it: a ping at once and then every `interval`; no pong
     // within `timeout` of a ping closes the session. A pong that arrives early stays in the
     // channel and answers the next ping.
+    // After an upgrade the stopped heartbeat task may still hold the pong receiver for a
+    // moment, until the runtime drops it.
     let mut pongs = match heartbeat {
-        Some(_) => Some(
-            socket
-                .heartbeat_rx
-                .try_lock()
-                .expect("Pong rx should be locked only once"),
-        ),
+        Some(_) => Some(socket.heartbeat_rx.lock().await),
         None => None,
     };
     if let Some(pongs) = pongs.as_mut() {
