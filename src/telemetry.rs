@@ -105,6 +105,10 @@ fn describe_metrics() {
         "rowcast_capture_decoded_changes_total",
         "Logical mode: changes decoded from the replication slot and appended to the log."
     );
+    describe_counter!(
+        "rowcast_capture_large_transactions_total",
+        "Logical mode: transactions larger than capture.batch_size, written to the log in chunks before their commit arrived."
+    );
     describe_histogram!(
         "rowcast_capture_batch_size",
         "Changes read from the log per capture batch."

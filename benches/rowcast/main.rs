@@ -14,10 +14,13 @@
 //! - `fanout [--clients N]`: events delivered per second at 1k, 5k and 10k clients.
 //! - `memory [--clients N]`: RSS with 10,000 idle connections, `/ws` and Socket.IO.
 //! - `catchup [--events E]`: time to replay 100,000 missed events to a resuming client.
+//! - `large-transaction [--events N]`: logical capture of one `UPDATE` of N rows (default
+//!   1,000,000): rowcast's peak RSS and the time until every change is in the log.
 //! - `webhooks [--events E]`: deliveries per second to a local receiver (default 20,000),
 //!   and the live path's latency without and with an endpoint receiving every event.
 //! - `all`: every scenario with its defaults.
 
+mod bigtxn;
 mod catchup;
 mod clients;
 mod fanout;
@@ -121,6 +124,7 @@ fn main() {
         "fanout" => rt.block_on(fanout::run(&sizes)),
         "memory" => rt.block_on(memory::run(args.clients.unwrap_or(10_000))),
         "catchup" => rt.block_on(catchup::run(args.events.unwrap_or(100_000))),
+        "large-transaction" => rt.block_on(bigtxn::run(args.events.unwrap_or(1_000_000))),
         "webhooks" => {
             rt.block_on(webhooks::throughput(args.events.unwrap_or(20_000)));
             rt.block_on(webhooks::enqueue_cost(seconds));
@@ -131,6 +135,7 @@ fn main() {
             rt.block_on(fanout::run(&sizes));
             rt.block_on(memory::run(10_000));
             rt.block_on(catchup::run(100_000));
+            rt.block_on(bigtxn::run(1_000_000));
             rt.block_on(webhooks::throughput(20_000));
             rt.block_on(webhooks::enqueue_cost(seconds));
         }

@@ -9,6 +9,11 @@
 //! `FOR UPDATE`) commit together, and transactions at or before the stored position are
 //! skipped. The slot is acknowledged only after that commit, so a crash in between replays
 //! the transactions and the stored position drops them.
+//!
+//! A transaction larger than `capture.batch_size` is not held until its commit message:
+//! its changes are written in chunks inside one database transaction that commits with
+//! the slot position once the commit arrives (a crash rolls all of it back). Deletes written
+//! before their old row came get it by `seq` in the same transaction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,14 +66,28 @@ struct Relation {
     key: Vec<(usize, u32)>,
 }
 
+/// Where a delete that waits for its old row is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Awaiting {
+    /// At this index of the open transaction's buffer.
+    Buffered(usize),
+    /// Already in the log (a large transaction is written in chunks), with this `seq`.
+    Written(i64),
+}
+
+/// An old row for a delete that is already in the log: `(seq, old row)`.
+pub type OldRowFix = (i64, Value);
+
 /// Turns pgoutput messages into [`Decoded`] changes, one transaction at a time.
 pub struct Decoder {
     catalog: Arc<Catalog>,
     relations: HashMap<u32, Relation>,
-    /// The open transaction's changes.
+    /// The open transaction's changes not written yet.
     txn: Vec<Decoded>,
-    /// Index in `txn` of each delete still waiting for its old row, by (table, key).
-    awaiting_old: HashMap<(String, String), usize>,
+    /// Each delete still waiting for its old row, by (table, key).
+    awaiting_old: HashMap<(String, String), Awaiting>,
+    /// Old rows that arrived for deletes already in the log.
+    fixes: Vec<OldRowFix>,
 }
 
 impl Decoder {
@@ -78,32 +97,73 @@ impl Decoder {
             relations: HashMap::new(),
             txn: Vec::new(),
             awaiting_old: HashMap::new(),
+            fixes: Vec::new(),
         }
     }
 
     pub fn begin(&mut self) {
-        self.txn.clear();
-        self.awaiting_old.clear();
+        self.discard();
     }
 
-    /// The committed transaction's changes. A delete whose old row never came (its trigger
-    /// was missing) carries the key columns as its old row.
-    pub fn commit(&mut self) -> Vec<Decoded> {
+    /// Drops what the open transaction has buffered (a transaction already in the log).
+    pub fn discard(&mut self) {
+        self.txn.clear();
         self.awaiting_old.clear();
+        self.fixes.clear();
+    }
+
+    /// How much the open transaction holds in memory (changes and old rows to write).
+    pub fn buffered(&self) -> usize {
+        self.txn.len() + self.fixes.len()
+    }
+
+    /// Takes what the open transaction has buffered, to be written before its commit
+    /// arrives (a large transaction). The `seq` each change gets must be passed to
+    /// [`Decoder::written`] before the next message.
+    pub fn take_chunk(&mut self) -> (Vec<Decoded>, Vec<OldRowFix>) {
+        (
+            std::mem::take(&mut self.txn),
+            std::mem::take(&mut self.fixes),
+        )
+    }
+
+    /// The chunk from [`Decoder::take_chunk`] is in the log with these `seq`s, in its order:
+    /// old rows that arrive later for its deletes become fixes.
+    pub fn written(&mut self, seqs: &[i64]) {
+        for a in self.awaiting_old.values_mut() {
+            if let Awaiting::Buffered(i) = *a {
+                *a = Awaiting::Written(seqs[i]);
+            }
+        }
+    }
+
+    /// The committed transaction's remaining changes and fixes. A delete whose old row
+    /// never came (its trigger was missing) carries the key columns as its old row.
+    pub fn commit(&mut self) -> (Vec<Decoded>, Vec<OldRowFix>) {
+        for ((table, pk), a) in std::mem::take(&mut self.awaiting_old) {
+            if let Awaiting::Written(seq) = a {
+                let pk = serde_json::from_str(&pk).unwrap_or(Value::Null);
+                self.fixes.push((seq, self.key_as_row(&table, &pk)));
+            }
+        }
         let mut changes = std::mem::take(&mut self.txn);
         for c in &mut changes {
             if c.op == 'd' && c.old.is_none() {
-                let spec = self.catalog.by_name(&c.table);
-                let mut obj = Map::new();
-                if let (Some(spec), Some(vals)) = (spec, c.pk.as_array()) {
-                    for (k, v) in spec.key.iter().zip(vals) {
-                        obj.insert(k.name.clone(), v.clone());
-                    }
-                }
-                c.old = Some(Value::Object(obj));
+                c.old = Some(self.key_as_row(&c.table, &c.pk));
             }
         }
-        changes
+        (changes, std::mem::take(&mut self.fixes))
+    }
+
+    /// The key columns of `table` as a row: the old row of a delete whose row never came.
+    fn key_as_row(&self, table: &str, pk: &Value) -> Value {
+        let mut obj = Map::new();
+        if let (Some(spec), Some(vals)) = (self.catalog.by_name(table), pk.as_array()) {
+            for (k, v) in spec.key.iter().zip(vals) {
+                obj.insert(k.name.clone(), v.clone());
+            }
+        }
+        Value::Object(obj)
     }
 
     /// Applies one pgoutput message.
@@ -206,7 +266,8 @@ impl Decoder {
             .awaiting_old
             .remove(&(table.to_string(), pk.to_string()))
         {
-            Some(i) => self.txn[i].old = Some(old.clone()),
+            Some(Awaiting::Buffered(i)) => self.txn[i].old = Some(old.clone()),
+            Some(Awaiting::Written(seq)) => self.fixes.push((seq, old.clone())),
             None => {
                 // The heap change was not published (or came under another key form):
                 // the message alone is the delete.
@@ -224,8 +285,15 @@ impl Decoder {
     fn push(&mut self, op: char, relation_id: u32, pk: Value) {
         let table = self.relations[&relation_id].spec.name.clone();
         if op == 'd' {
-            self.awaiting_old
-                .insert((table.clone(), pk.to_string()), self.txn.len());
+            let replaced = self.awaiting_old.insert(
+                (table.clone(), pk.to_string()),
+                Awaiting::Buffered(self.txn.len()),
+            );
+            // The same key deleted again before the first delete's old row came: that one
+            // never comes (as at commit, for a buffered delete, the key is its old row).
+            if let Some(Awaiting::Written(seq)) = replaced {
+                self.fixes.push((seq, self.key_as_row(&table, &pk)));
+            }
         }
         self.txn.push(Decoded {
             op,
@@ -303,6 +371,11 @@ impl SlotConsumer {
         let mut pending = Pending::default();
         let mut commit_time = OffsetDateTime::now_utc();
         let mut open = false;
+        // A transaction too large to hold until its commit (`batch` changes buffered):
+        // written in chunks inside one database transaction, committed with the slot
+        // position when its commit arrives.
+        let mut large: Option<Large> = None;
+        let mut final_lsn = 0u64;
         let batch = self.config.batch_size.max(1) as usize;
         loop {
             // Write what is decoded as soon as the stream has nothing more ready right now
@@ -327,11 +400,14 @@ impl SlotConsumer {
             };
             match event {
                 ReplicationEvent::Begin {
-                    commit_time_micros, ..
+                    commit_time_micros,
+                    final_lsn: lsn,
+                    ..
                 } => {
                     open = true;
                     decoder.begin();
                     commit_time = pg_time(commit_time_micros);
+                    final_lsn = lsn.as_u64();
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     let msg = parser
@@ -346,9 +422,18 @@ impl SlotConsumer {
                     ..
                 } if prefix == MESSAGE_PREFIX => decoder.old_row(&content)?,
                 ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::Commit { end_lsn, .. } if large.is_some() => {
+                    open = false;
+                    let l = large.take().expect("checked by the guard");
+                    self.finish_large(&client, l, &mut decoder, commit_time, end_lsn.as_u64())
+                        .await?;
+                    repl.update_applied_lsn(end_lsn);
+                    continue;
+                }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     open = false;
-                    let changes = decoder.commit();
+                    let (changes, fixes) = decoder.commit();
+                    debug_assert!(fixes.is_empty(), "fixes come only from written chunks");
                     if changes.is_empty() {
                         if pending.txns.is_empty() {
                             repl.update_applied_lsn(end_lsn);
@@ -367,7 +452,94 @@ impl SlotConsumer {
                 }
                 ReplicationEvent::StoppedAt { .. } => return Err(LogicalError::Ended),
             }
+            if open && decoder.buffered() >= batch {
+                if large.is_none() {
+                    // Earlier transactions first, each with its own position.
+                    self.write(&mut client, &mut pending, &repl).await?;
+                    large = Some(self.start_large(&client, final_lsn).await?);
+                }
+                let l = large.as_mut().expect("just set");
+                self.write_chunk(&client, l, &mut decoder, commit_time)
+                    .await?;
+            }
         }
+    }
+
+    /// Opens the database transaction a large transaction is written in, holding the
+    /// stored position. A transaction that begins before the stored position is in the
+    /// log already (the slot sends it again after a crash): it is skipped.
+    async fn start_large(
+        &self,
+        client: &tokio_postgres::Client,
+        final_lsn: u64,
+    ) -> Result<Large, LogicalError> {
+        // Between chunks the transaction waits for the stream: a server-side idle timeout
+        // must not end it.
+        client
+            .batch_execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0")
+            .await?;
+        let stored = lock_position(client, &self.config.slot).await?;
+        let skip = (final_lsn as i64) < stored;
+        let (transaction, stored) = (Lsn::from_u64(final_lsn), Lsn::from_u64(stored as u64));
+        if skip {
+            tracing::info!(%transaction, %stored, "a large transaction sent again is in the log already: skipping it");
+        } else {
+            tracing::info!(%transaction, "a large transaction: writing it in chunks");
+        }
+        Ok(Large { skip, written: 0 })
+    }
+
+    /// Writes what the large transaction has buffered, inside its database transaction.
+    async fn write_chunk(
+        &self,
+        client: &tokio_postgres::Client,
+        large: &mut Large,
+        decoder: &mut Decoder,
+        time: OffsetDateTime,
+    ) -> Result<(), LogicalError> {
+        if large.skip {
+            decoder.discard();
+            return Ok(());
+        }
+        let (changes, fixes) = decoder.take_chunk();
+        large.written += changes.len();
+        let seqs = append(client, changes.into_iter().map(|c| (time, c))).await?;
+        decoder.written(&seqs);
+        fix_old_rows(client, fixes).await?;
+        Ok(())
+    }
+
+    /// The large transaction's commit: its last chunk, the stored position and the
+    /// database commit together (or, for a skipped one, nothing).
+    async fn finish_large(
+        &self,
+        client: &tokio_postgres::Client,
+        mut large: Large,
+        decoder: &mut Decoder,
+        time: OffsetDateTime,
+        end_lsn: u64,
+    ) -> Result<(), LogicalError> {
+        if large.skip {
+            decoder.discard();
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(());
+        }
+        let (changes, fixes) = decoder.commit();
+        large.written += changes.len();
+        append(client, changes.into_iter().map(|c| (time, c))).await?;
+        fix_old_rows(client, fixes).await?;
+        store_position(client, &self.config.slot, end_lsn).await?;
+        client
+            .batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}; COMMIT"))
+            .await?;
+        tracing::info!(
+            changes = large.written,
+            "wrote a large transaction in chunks"
+        );
+        metrics::counter!("rowcast_capture_decoded_changes_total").increment(large.written as u64);
+        metrics::counter!("rowcast_capture_large_transactions_total").increment(1);
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// Appends the pending transactions (those after the stored position) to the log with
@@ -382,51 +554,20 @@ impl SlotConsumer {
             return Ok(());
         };
         let tx = client.transaction().await?;
-        let stored: i64 = tx
-            .query_one(
-                "SELECT (lsn - '0/0'::pg_lsn)::bigint FROM rowcast.slot_positions
-                  WHERE slot = $1 FOR UPDATE",
-                &[&self.config.slot],
-            )
-            .await?
-            .get(0);
-        let (mut at, mut op, mut tbl, mut pk, mut old) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (lsn, time, changes) in pending.txns.drain(..) {
-            if lsn as i64 <= stored {
-                continue;
-            }
-            for c in changes {
-                at.push(time);
-                op.push(c.op.to_string());
-                tbl.push(c.table);
-                pk.push(c.pk);
-                old.push(c.old);
-            }
-        }
+        let stored = lock_position(&tx, &self.config.slot).await?;
+        let rows = pending
+            .txns
+            .drain(..)
+            .filter(|(lsn, _, _)| *lsn as i64 > stored)
+            .flat_map(|(_, time, changes)| changes.into_iter().map(move |c| (time, c)));
+        let n = append(&tx, rows).await?.len();
         pending.changes = 0;
-        let n = at.len();
         if n > 0 {
-            tx.execute(
-                "INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old)
-                 SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old
-                   FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
-                        WITH ORDINALITY AS u(at, op, tbl, pk, old, ord)
-                  ORDER BY u.ord",
-                &[&at, &op, &tbl, &pk, &old],
-            )
-            .await?;
             tx.batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}"))
                 .await?;
         }
         if last_lsn as i64 > stored {
-            tx.execute(
-                "UPDATE rowcast.slot_positions
-                    SET lsn = '0/0'::pg_lsn + $2::bigint::numeric, updated_at = now()
-                  WHERE slot = $1",
-                &[&self.config.slot, &(last_lsn as i64)],
-            )
-            .await?;
+            store_position(&tx, &self.config.slot, last_lsn).await?;
         }
         tx.commit().await?;
         repl.update_applied_lsn(Lsn::from_u64(last_lsn));
@@ -537,6 +678,103 @@ async fn stored_position(
     Ok(v as u64)
 }
 
+/// The stored position of `slot`, locked until the transaction ends.
+async fn lock_position<C: tokio_postgres::GenericClient>(
+    client: &C,
+    slot: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT (lsn - '0/0'::pg_lsn)::bigint FROM rowcast.slot_positions
+              WHERE slot = $1 FOR UPDATE",
+            &[&slot],
+        )
+        .await?
+        .get(0))
+}
+
+/// Moves the stored position of `slot` to `lsn` (in the transaction that wrote up to it).
+async fn store_position<C: tokio_postgres::GenericClient>(
+    client: &C,
+    slot: &str,
+    lsn: u64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE rowcast.slot_positions
+                SET lsn = '0/0'::pg_lsn + $2::bigint::numeric, updated_at = now()
+              WHERE slot = $1",
+            &[&slot, &(lsn as i64)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A large transaction being written in chunks.
+struct Large {
+    /// In the log already (before the stored position): its chunks are dropped.
+    skip: bool,
+    /// Changes written so far.
+    written: usize,
+}
+
+/// Appends changes to the log in their order, each with the next `seq`; returns the
+/// `seq`s in the same order.
+async fn append<C: tokio_postgres::GenericClient>(
+    client: &C,
+    rows: impl Iterator<Item = (OffsetDateTime, Decoded)>,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let (mut at, mut op, mut tbl, mut pk, mut old) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (time, c) in rows {
+        at.push(time);
+        op.push(c.op.to_string());
+        tbl.push(c.table);
+        pk.push(c.pk);
+        old.push(c.old);
+    }
+    if at.is_empty() {
+        return Ok(Vec::new());
+    }
+    // `unnest` yields the rows in order, so `nextval` numbers them in order too.
+    let mut seqs: Vec<i64> = client
+        .query(
+            "INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old)
+             SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old
+               FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
+                    WITH ORDINALITY AS u(at, op, tbl, pk, old, ord)
+              ORDER BY u.ord
+             RETURNING seq",
+            &[&at, &op, &tbl, &pk, &old],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Sets the old rows of deletes already in the log (by `seq`).
+async fn fix_old_rows<C: tokio_postgres::GenericClient>(
+    client: &C,
+    fixes: Vec<OldRowFix>,
+) -> Result<(), tokio_postgres::Error> {
+    if fixes.is_empty() {
+        return Ok(());
+    }
+    let (seqs, olds): (Vec<i64>, Vec<Value>) = fixes.into_iter().unzip();
+    client
+        .execute(
+            "UPDATE rowcast.changes c SET old = f.old
+               FROM unnest($1::int8[], $2::jsonb[]) AS f(seq, old)
+              WHERE c.seq = f.seq AND c.seq IS NOT NULL",
+            &[&seqs, &olds],
+        )
+        .await?;
+    Ok(())
+}
+
 /// PostgreSQL's timestamps count microseconds from 2000-01-01.
 fn pg_time(micros: i64) -> OffsetDateTime {
     const PG_EPOCH_UNIX: i64 = 946_684_800;
@@ -645,8 +883,9 @@ mod tests {
         .unwrap();
         d.old_row(br#"{"t":"public.other","old":{"id":5}}"#)
             .unwrap();
-        let got: Vec<(char, String, Option<String>)> = d
-            .commit()
+        let (changes, fixes) = d.commit();
+        assert!(fixes.is_empty());
+        let got: Vec<(char, String, Option<String>)> = changes
             .into_iter()
             .map(|c| (c.op, c.pk.to_string(), c.old.map(|o| o.to_string())))
             .collect();
@@ -667,7 +906,79 @@ mod tests {
             ('d', "[9]".to_string(), Some(r#"{"id":9}"#.to_string())),
         ];
         assert_eq!(got, want);
-        assert!(d.commit().is_empty(), "a commit takes every change");
+        assert!(d.commit().0.is_empty(), "a commit takes every change");
+    }
+
+    /// A large transaction written in chunks: deletes written before their old row came
+    /// get it as a fix by `seq`, also at commit when it never comes, and when the same
+    /// key is deleted again.
+    #[test]
+    fn chunks_written_early_get_their_old_rows_as_fixes() {
+        let mut d = Decoder::new(catalog());
+        d.begin();
+        relation(&mut d);
+        // A multi-row DELETE: the rows first, the AFTER trigger's messages at its end.
+        for id in ["1", "2", "3"] {
+            d.message(delete(id)).unwrap();
+        }
+        assert_eq!(d.buffered(), 3);
+        let (chunk, fixes) = d.take_chunk();
+        assert_eq!(chunk.len(), 3);
+        assert!(fixes.is_empty());
+        assert!(chunk.iter().all(|c| c.op == 'd' && c.old.is_none()));
+        d.written(&[101, 102, 103]);
+        assert_eq!(d.buffered(), 0);
+
+        d.old_row(br#"{"t":"public.tickets","old":{"id":2,"subject":"two"}}"#)
+            .unwrap();
+        d.old_row(br#"{"t":"public.tickets","old":{"id":1,"subject":"one"}}"#)
+            .unwrap();
+        assert_eq!(d.buffered(), 2, "two fixes");
+        // Ticket 3 is inserted and deleted again before its first old row came.
+        d.message(LogicalReplicationMessage::Insert {
+            relation_id: 16400,
+            tuple: tuple("3"),
+        })
+        .unwrap();
+        d.message(delete("3")).unwrap();
+        d.old_row(br#"{"t":"public.tickets","old":{"id":3,"subject":"again"}}"#)
+            .unwrap();
+
+        let (changes, fixes) = d.commit();
+        let fixes: Vec<(i64, String)> =
+            fixes.into_iter().map(|(s, o)| (s, o.to_string())).collect();
+        assert_eq!(
+            fixes,
+            vec![
+                (102, r#"{"id":2,"subject":"two"}"#.to_string()),
+                (101, r#"{"id":1,"subject":"one"}"#.to_string()),
+                (103, r#"{"id":3}"#.to_string()),
+            ]
+        );
+        let got: Vec<(char, String, Option<String>)> = changes
+            .into_iter()
+            .map(|c| (c.op, c.pk.to_string(), c.old.map(|o| o.to_string())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ('i', "[3]".to_string(), None),
+                (
+                    'd',
+                    "[3]".to_string(),
+                    Some(r#"{"id":3,"subject":"again"}"#.to_string())
+                ),
+            ]
+        );
+
+        // A delete written early whose old row never comes: the key, at commit.
+        d.begin();
+        d.message(delete("7")).unwrap();
+        let _ = d.take_chunk();
+        d.written(&[200]);
+        let (changes, fixes) = d.commit();
+        assert!(changes.is_empty());
+        assert_eq!(fixes, vec![(200, serde_json::json!({"id": 7}))]);
     }
 
     #[test]

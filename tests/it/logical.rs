@@ -229,6 +229,135 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     drop(rc);
 }
 
+/// One transaction: 300 inserts, 100 updates, then one DELETE of 150 rows (whose old rows
+/// come as messages at the end of the statement, after every row's delete).
+const LARGE_TRANSACTION: &str = "BEGIN;
+    INSERT INTO tickets (subject, requester_id)
+         SELECT 'bulk ' || n, 3 FROM generate_series(1, 300) n;
+    UPDATE tickets SET status = 'pending'
+     WHERE id IN (SELECT id FROM tickets WHERE subject LIKE 'bulk %' ORDER BY id LIMIT 100);
+    DELETE FROM tickets
+     WHERE id IN (SELECT id FROM tickets WHERE subject LIKE 'bulk %' ORDER BY id DESC LIMIT 150);
+    COMMIT";
+
+/// A transaction larger than `capture.batch_size` is written in chunks before its commit
+/// arrives (the sequencer holds one chunk, not the whole transaction): every change is in
+/// the log once, in order, deletes with their old rows although those came after the
+/// deletes were written, and clients get the deletes with their old rows. A large
+/// transaction the slot sends again after it was written (at or before the stored
+/// position) is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_capture_writes_a_large_transaction_in_chunks() {
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let small_batches = [("ROWCAST_CAPTURE_BATCH_SIZE", "50".to_string())];
+    let rc = Proc::start(&config, 0, &small_batches).await;
+    let token = support::token("1", "agent");
+    let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
+    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    let pg = db.client().await;
+    pg.batch_execute(LARGE_TRANSACTION).await.unwrap();
+
+    let mut deleted = 0;
+    while deleted < 150 {
+        let ev = c.next_event().await;
+        if ev["payload"]["event"] == "ticket.deleted" {
+            let subject = ev["payload"]["old"]["subject"].as_str().unwrap_or_default();
+            assert!(subject.starts_with("bulk "), "old row of a delete: {ev}");
+            deleted += 1;
+        }
+    }
+    let counts: Vec<(String, i64, i64)> = pg
+        .query(
+            "SELECT op::text, count(*), count(*) FILTER (WHERE old ? 'subject')
+               FROM rowcast.changes WHERE tbl = 'public.tickets' GROUP BY op ORDER BY op",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("d".to_string(), 150, 150),
+            ("i".to_string(), 300, 0),
+            ("u".to_string(), 100, 0)
+        ],
+        "each change once; every delete with its old row"
+    );
+    let out_of_order: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM (
+               SELECT op, lag(op) OVER (PARTITION BY pk ORDER BY seq) AS before
+                 FROM rowcast.changes WHERE tbl = 'public.tickets') x
+              WHERE (op = 'i' AND before IS NOT NULL) OR (op <> 'i' AND before IS NULL)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(out_of_order, 0, "per row: the insert first, in seq order");
+    let metrics = reqwest::get(format!("{}/metrics", rc.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rowcast_capture_large_transactions_total 1"),
+        "the transaction was written in chunks: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("rowcast_capture"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(rc);
+
+    // The slot sends a large transaction again: one committed while rowcast was down,
+    // with the stored position moved past it as if it had been written before a crash.
+    let logged_before: i64 = pg
+        .query_one("SELECT count(*) FROM rowcast.changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(LARGE_TRANSACTION).await.unwrap();
+    pg.execute(
+        "UPDATE rowcast.slot_positions SET lsn = pg_current_wal_insert_lsn()",
+        &[],
+    )
+    .await
+    .unwrap();
+    let rc = Proc::start(&config, 0, &small_batches).await;
+    pg.execute(
+        "INSERT INTO tickets (subject, requester_id) VALUES ('after the replay', 3)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let logged: Vec<String> = support::eventually(30, || async {
+        let rows = pg
+            .query(
+                "SELECT pk::text FROM rowcast.changes ORDER BY seq OFFSET $1",
+                &[&logged_before],
+            )
+            .await
+            .unwrap();
+        (!rows.is_empty()).then(|| rows.iter().map(|r| r.get(0)).collect())
+    })
+    .await;
+    assert_eq!(
+        logged.len(),
+        1,
+        "only the insert after the replayed transaction is logged: {logged:?}"
+    );
+    drop(rc);
+}
+
 /// `migrate` sets up the publication and the slot; `check` notices what is missing; going
 /// back to trigger mode removes the slot (an idle slot would keep WAL forever); a server
 /// without `wal_level = logical` gets a clear refusal.
