@@ -116,14 +116,9 @@ async fn every_demo_table_emits_full_rows_without_hidden_columns() {
         "{all}"
     );
     // The hidden value is not even stored in rowcast's log.
-    let leaked: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM rowcast.changes WHERE old::text LIKE '%SECRET-HASH%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let leaked = db
+        .count("SELECT count(*) FROM rowcast.changes WHERE old::text LIKE '%SECRET-HASH%'")
+        .await;
     assert_eq!(leaked, 0);
     server.stop().await;
 }

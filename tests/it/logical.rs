@@ -87,14 +87,7 @@ async fn logical_capture_emits_every_change_without_hidden_columns() {
         }
     }
     // (The insert and the update coalesce when one batch holds both.)
-    let leaked: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM rowcast.changes WHERE old::text LIKE '%SECRET-HASH%' OR pk::text LIKE '%SECRET-HASH%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let leaked = db.count("SELECT count(*) FROM rowcast.changes WHERE old::text LIKE '%SECRET-HASH%' OR pk::text LIKE '%SECRET-HASH%'").await;
     assert_eq!(leaked, 0);
 
     // A key change: the old key is deleted (with its old row), the new one inserted.
@@ -148,14 +141,9 @@ async fn logical_capture_emits_every_change_without_hidden_columns() {
     );
     // The application's transactions wrote no log rows themselves (trigger mode's rows
     // start without a seq): every row came from the slot consumer, seq included.
-    let unsequenced: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM rowcast.changes WHERE seq IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let unsequenced = db
+        .count("SELECT count(*) FROM rowcast.changes WHERE seq IS NULL")
+        .await;
     assert_eq!(unsequenced, 0);
     server.stop().await;
 }
@@ -202,25 +190,16 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     assert!(want.len() > 80, "the writer kept writing ({})", want.len());
     // rowcast keeps its sessions while it reconnects to PostgreSQL: events continue in order.
     c.resume_ids(&mut got, &want).await;
-    let pg = db.client().await;
-    let dups: i64 = pg
-        .query_one(
+    let dups = db
+        .count(
             "SELECT count(*) FROM (SELECT pk FROM rowcast.changes
                WHERE tbl = 'public.tickets' AND op = 'i' GROUP BY pk HAVING count(*) > 1) d",
-            &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(dups, 0, "each insert is in the log once");
-    let logged: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM rowcast.changes WHERE tbl = 'public.tickets' AND op = 'i'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let logged = db
+        .count("SELECT count(*) FROM rowcast.changes WHERE tbl = 'public.tickets' AND op = 'i'")
+        .await;
     assert_eq!(
         logged as usize,
         want.len(),
@@ -289,17 +268,14 @@ async fn logical_capture_writes_a_large_transaction_in_chunks() {
         ],
         "each change once; every delete with its old row"
     );
-    let out_of_order: i64 = pg
-        .query_one(
+    let out_of_order = db
+        .count(
             "SELECT count(*) FROM (
                SELECT op, lag(op) OVER (PARTITION BY pk ORDER BY seq) AS before
                  FROM rowcast.changes WHERE tbl = 'public.tickets') x
               WHERE (op = 'i' AND before IS NOT NULL) OR (op <> 'i' AND before IS NULL)",
-            &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(out_of_order, 0, "per row: the insert first, in seq order");
     let metrics = reqwest::get(format!("{}/metrics", rc.http()))
         .await
@@ -320,11 +296,7 @@ async fn logical_capture_writes_a_large_transaction_in_chunks() {
 
     // The slot sends a large transaction again: one committed while rowcast was down,
     // with the stored position moved past it as if it had been written before a crash.
-    let logged_before: i64 = pg
-        .query_one("SELECT count(*) FROM rowcast.changes", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let logged_before = db.count("SELECT count(*) FROM rowcast.changes").await;
     pg.batch_execute(LARGE_TRANSACTION).await.unwrap();
     pg.execute(
         "UPDATE rowcast.slot_positions SET lsn = pg_current_wal_insert_lsn()",
@@ -431,11 +403,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
         "{report}"
     );
     assert!(report.contains("publication rowcast dropped"), "{report}");
-    let slots: i64 = pg
-        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let slots = db.count("SELECT count(*) FROM pg_replication_slots").await;
     assert_eq!(slots, 0);
     assert!(
         rowcast::schema::check(&pg, &triggers)

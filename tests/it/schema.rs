@@ -44,15 +44,9 @@ async fn concurrent_migrates_all_succeed_and_check_passes() {
     let (code, out) = rowcast(&url, &["check"], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("ok:"), "{out}");
-    let pg = db.client().await;
-    let triggers: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM pg_trigger WHERE tgname = 'rowcast_capture'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let triggers = db
+        .count("SELECT count(*) FROM pg_trigger WHERE tgname = 'rowcast_capture'")
+        .await;
     assert_eq!(triggers, 6);
 }
 

@@ -64,6 +64,16 @@ impl Db {
         connect(&self.url).await
     }
 
+    /// The single number a query such as `SELECT count(*) …` returns.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub fn config(&self) -> Config {
         let mut c = Config::default();
         c.apply_defaults();

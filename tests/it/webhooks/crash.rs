@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Api, count, fast, ms};
+use super::{Api, fast, ms};
 use crate::support::process::{Proc, free_port};
 use crate::support::receiver::Receiver;
 use crate::support::{Db, Server, eventually};
@@ -141,19 +141,23 @@ async fn two_replicas_enqueue_each_change_exactly_once() {
         w.await.unwrap();
     }
     eventually(20, || async {
-        let n = count(&db, "SELECT count(*) FROM rowcast.webhook_deliveries").await;
+        let n = db
+            .count("SELECT count(*) FROM rowcast.webhook_deliveries")
+            .await;
         (n >= 400).then_some(())
     })
     .await;
     tokio::time::sleep(ms(500)).await;
-    let total = count(&db, "SELECT count(*) FROM rowcast.webhook_deliveries").await;
+    let total = db
+        .count("SELECT count(*) FROM rowcast.webhook_deliveries")
+        .await;
     assert_eq!(total, 400, "200 changes × 2 endpoints");
-    let per_change = count(
-        &db,
-        "SELECT count(*) FROM (SELECT change_seq FROM rowcast.webhook_deliveries
+    let per_change = db
+        .count(
+            "SELECT count(*) FROM (SELECT change_seq FROM rowcast.webhook_deliveries
            GROUP BY 1 HAVING count(*) <> 2) x",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(per_change, 0, "every change enqueued once per endpoint");
     a.stop().await;
     b.stop().await;

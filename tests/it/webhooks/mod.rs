@@ -13,7 +13,7 @@ mod retries;
 mod routing;
 mod ssrf;
 
-use crate::support::{Db, eventually};
+use crate::support::eventually;
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -112,8 +112,4 @@ impl Api {
             (s == StatusCode::OK && d["status"] == status).then_some(d)
         })
     }
-}
-
-pub async fn count(db: &Db, sql: &str) -> i64 {
-    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Api, count, fast, ms};
+use super::{Api, fast, ms};
 use crate::support::process::free_port;
 use crate::support::receiver::Receiver;
 use crate::support::{self, eventually};
@@ -106,7 +106,9 @@ async fn dead_letter_is_replayed_on_request() {
     assert_eq!(rx.next().await["id"], json!(id));
     let d = api.delivery_with_status(&carl, &id, "delivered").await;
     assert_eq!(d["attempts"], 5);
-    let n = count(&db, "SELECT count(*) FROM rowcast.webhook_attempts").await;
+    let n = db
+        .count("SELECT count(*) FROM rowcast.webhook_attempts")
+        .await;
     assert_eq!(n, 5);
     server.stop().await;
 }
@@ -145,9 +147,7 @@ async fn deliveries_wait_while_the_receiver_is_down() {
         .unwrap();
     }
     eventually(15, || async {
-        let failed_once = count(
-            &db,
-            "SELECT count(*) FROM rowcast.webhook_deliveries WHERE status = 'pending' AND attempts >= 1",
+        let failed_once = db.count("SELECT count(*) FROM rowcast.webhook_deliveries WHERE status = 'pending' AND attempts >= 1",
         )
         .await;
         (failed_once == 20).then_some(())
@@ -164,11 +164,9 @@ async fn deliveries_wait_while_the_receiver_is_down() {
     }
     assert_eq!(subjects.len(), 20);
     eventually(10, || async {
-        let n = count(
-            &db,
-            "SELECT count(*) FROM rowcast.webhook_deliveries WHERE status = 'delivered'",
-        )
-        .await;
+        let n = db
+            .count("SELECT count(*) FROM rowcast.webhook_deliveries WHERE status = 'delivered'")
+            .await;
         (n == 20).then_some(())
     })
     .await;
@@ -201,8 +199,12 @@ async fn delivered_deliveries_are_pruned_and_dead_letters_kept() {
     let dead = api.test_send(&cleo).await;
     api.delivery_with_status(&cleo, &dead, "failed").await;
     eventually(10, || async {
-        let left = count(&db, "SELECT count(*) FROM rowcast.webhook_deliveries").await;
-        let attempts = count(&db, "SELECT count(*) FROM rowcast.webhook_attempts").await;
+        let left = db
+            .count("SELECT count(*) FROM rowcast.webhook_deliveries")
+            .await;
+        let attempts = db
+            .count("SELECT count(*) FROM rowcast.webhook_attempts")
+            .await;
         (left == 1 && attempts == 4).then_some(())
     })
     .await;

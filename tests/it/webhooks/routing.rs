@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use super::{Api, count, fast};
+use super::{Api, fast};
 use crate::support::receiver::Receiver;
 use crate::support::{self, eventually};
 
@@ -88,7 +88,9 @@ async fn user_endpoint_gets_only_its_notifications_and_admin_filter_gets_tickets
     );
     // The outbox holds exactly these: nothing for Cleo's notification or the kb article.
     let pending_cursor = eventually(10, || async {
-        let n = count(&db, "SELECT count(*) FROM rowcast.webhook_deliveries").await;
+        let n = db
+            .count("SELECT count(*) FROM rowcast.webhook_deliveries")
+            .await;
         (n >= 3).then_some(n)
     })
     .await;
