@@ -1,5 +1,6 @@
-//! Connections to the application database: TLS like libpq, for every connection rowcast
-//! opens (pool, capture, migrate, check).
+//! Connections to the application database, for every connection rowcast opens (pool,
+//! capture, the replication stream, migrate, check): TLS like libpq, the pool, and the
+//! replication connection's settings.
 //!
 //! `sslmode` in the URL decides whether TLS is used (`disable`, `prefer` — the default —
 //! or `require`). As with libpq's `prefer`/`require`, the server certificate is not
@@ -8,6 +9,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
+use pgwire_replication::{ReplicationConfig, TlsConfig};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -15,6 +20,44 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// What is wrong with a connection string.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("DATABASE_URL is not a valid connection string: {0}")]
+    Invalid(#[source] tokio_postgres::Error),
+    #[error("DATABASE_URL names no user")]
+    NoUser,
+}
+
+/// Why the pool could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot set up the connection pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+}
+
+/// A pool of `size` connections to `url` (connections open on first use).
+pub fn pool(url: &str, ca_file: Option<&Path>, size: usize) -> Result<Pool, PoolError> {
+    let pg: tokio_postgres::Config = url.parse().map_err(UrlError::Invalid)?;
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tls(ca_file)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()?)
+}
 
 /// The connector type every connection uses.
 pub type Tls = MakeRustlsConnect;
@@ -61,6 +104,53 @@ pub fn tls(ca_file: Option<&Path>) -> Result<Tls, TlsError> {
             .with_no_client_auth(),
     };
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// The replication connection's settings, from the same `DATABASE_URL` and TLS settings as
+/// every other connection.
+pub fn replication_config(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    slot: &str,
+    publication: &str,
+) -> Result<ReplicationConfig, UrlError> {
+    use tokio_postgres::config::{Host, SslMode};
+    let pg: tokio_postgres::Config = url.parse().map_err(UrlError::Invalid)?;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.to_string_lossy().into_owned(),
+        None => "localhost".to_string(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let user = pg.get_user().ok_or(UrlError::NoUser)?;
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let dbname = pg.get_dbname().unwrap_or(user);
+    let tls = match (pg.get_ssl_mode(), ca_file) {
+        (SslMode::Disable, _) => TlsConfig::disabled(),
+        // The replication client checks host names but cannot check an IP address
+        // against the certificate: for an IP it verifies the chain only.
+        (_, Some(ca)) if host.parse::<std::net::IpAddr>().is_ok() => {
+            TlsConfig::verify_ca(Some(ca.to_path_buf()))
+        }
+        (_, Some(ca)) => TlsConfig::verify_full(Some(ca.to_path_buf())),
+        (SslMode::Require, None) => TlsConfig::require(),
+        (_, None) => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+    };
+    Ok(
+        ReplicationConfig::new(host, user, password, dbname, slot, publication)
+            .with_port(port)
+            .with_tls(tls)
+            .with_status_interval(Duration::from_secs(1))
+            .with_wakeup_interval(Duration::from_secs(5))
+            .with_application_name("rowcast"),
+    )
 }
 
 /// libpq's `sslmode=require` without a CA: the channel is encrypted and the handshake

@@ -69,12 +69,22 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn from_code(c: i8) -> Option<Op> {
-        match c as u8 {
+    /// The op from its one-letter code in `rowcast.changes.op` (`i`, `u`, `d`).
+    pub fn from_code(c: u8) -> Option<Op> {
+        match c {
             b'i' => Some(Op::Insert),
             b'u' => Some(Op::Update),
             b'd' => Some(Op::Delete),
             _ => None,
+        }
+    }
+    /// The one-letter code stored in `rowcast.changes.op`; the capture triggers write the
+    /// same letters.
+    pub fn code(self) -> u8 {
+        match self {
+            Op::Insert => b'i',
+            Op::Update => b'u',
+            Op::Delete => b'd',
         }
     }
     /// `insert | update | delete`, as in the payload's `op`.
@@ -129,6 +139,34 @@ pub struct Event {
 }
 
 pub type SharedEvent = Arc<Event>;
+
+/// Who a session or request belongs to: the token's `sub` and role(s). Built by the token
+/// check (`api::auth`), read by room allow-lists and sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub sub: String,
+    pub roles: Vec<String>,
+    /// Expiry as unix seconds.
+    pub exp: Option<i64>,
+}
+
+impl User {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+    pub fn is_admin(&self) -> bool {
+        self.has_role("admin")
+    }
+    /// Seconds until the token expires (0 if it already has).
+    pub fn seconds_left(&self) -> Option<u64> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.exp.map(|e| (e - now).max(0) as u64)
+    }
+    /// The user's private room, `user:<sub>`.
+    pub fn room(&self) -> String {
+        format!("user:{}", self.sub)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -84,7 +84,8 @@ async fn main_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => {
             let (client, conn) = connect(&config).await?;
-            let problems = rowcast::schema::check(&client, &config).await?;
+            let problems =
+                rowcast::migrate::check(&client, &config.tables, &config.capture).await?;
             drop(client);
             conn.abort();
             if problems.is_empty() {
@@ -129,7 +130,7 @@ async fn connect(
 
 async fn run_migrate(config: &Config) -> anyhow::Result<()> {
     let (mut client, conn) = connect(config).await?;
-    let report = rowcast::schema::migrate(&mut client, config).await?;
+    let report = rowcast::migrate::migrate(&mut client, &config.tables, &config.capture).await?;
     for line in &report {
         println!("{line}");
     }

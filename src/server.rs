@@ -6,7 +6,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -14,11 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::auth::Authenticator;
 use crate::api::{self, AppState};
-use crate::capture::{Capture, CaptureStatus, log};
+use crate::capture::{Capture, CaptureMode, CaptureStatus, Sink};
 use crate::config::Config;
-use crate::enrich::Enricher;
-use crate::hub::{self, Acl, Hub};
-use crate::schema;
+use crate::enrich::{Enricher, LogHistory};
+use crate::event::{Event, Position};
+use crate::hub::{Acl, Hub};
+use crate::{catalog, changelog, transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -38,34 +38,25 @@ pub enum RunError {
     Mismatch(Vec<String>),
     #[error("webhooks: {0}")]
     Webhook(#[from] crate::webhook::WebhookError),
+    #[error("database connections: {0}")]
+    Pool(#[from] crate::db::PoolError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::db::TlsError),
 }
 
-/// A connection pool for the configured database.
-pub fn pool(config: &Config) -> Result<Pool, RunError> {
-    let url = config.require_database_url()?;
-    let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-        RunError::Connect(format!(
-            "DATABASE_URL is not a valid connection string: {e}"
-        ))
-    })?;
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        crate::db::tls(config.database_ca_file.as_deref())?,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(config.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .build()
-        .map_err(|e| RunError::Connect(crate::telemetry::error_chain(&e)))
+/// Capture's sink in a running server: the hub, then a poke for the outbox writer.
+struct Fanout {
+    hub: Arc<Hub>,
+    after_batch: Arc<Notify>,
+}
+
+impl Sink for Fanout {
+    fn publish(&self, events: Vec<Event>, upto: Position) {
+        self.hub.publish(events, upto);
+        self.after_batch.notify_one();
+    }
 }
 
 /// Runs rowcast (capture, hub, HTTP) on `listener` until `shutdown` is cancelled, then shuts
@@ -79,7 +70,8 @@ pub async fn run(
     let config = Arc::new(config);
     crate::telemetry::init_metrics();
     let auth = Arc::new(Authenticator::from_config(&config.jwt)?);
-    let pool = pool(&config)?;
+    let url = config.require_database_url()?;
+    let pool = crate::db::pool(url, config.database_ca_file.as_deref(), config.pool_size)?;
     let client = pool
         .get()
         .await
@@ -91,10 +83,10 @@ pub async fn run(
     if !installed {
         return Err(RunError::NotMigrated);
     }
-    let (catalog, mut problems) = schema::resolve(&**client, &config.tables).await?;
-    if config.capture.mode == crate::config::CaptureMode::Logical {
+    let (catalog, mut problems) = catalog::resolve(&**client, &config.tables).await?;
+    if config.capture.mode == CaptureMode::Logical {
         let slot = &config.capture.slot;
-        if schema::slot(&**client, slot).await?.is_none() {
+        if changelog::slot(&**client, slot).await?.is_none() {
             problems.push(format!(
                 "capture.mode = \"logical\" but replication slot {slot} does not exist: run `rowcast migrate` with the same configuration"
             ));
@@ -103,18 +95,21 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(RunError::Mismatch(problems));
     }
-    let start = log::start_position(&**client).await?;
+    let start = changelog::start_position(&**client).await?;
     drop(client);
 
     let catalog = Arc::new(catalog);
     let enricher = Enricher::new(catalog.clone(), pool.clone());
+    let history = Arc::new(LogHistory {
+        enricher: enricher.clone(),
+    });
     let hub = Arc::new(Hub::new(
         config.hub.clone(),
         Acl::new(&config.rooms),
-        Some(enricher.clone()),
+        Some(history),
         start,
     ));
-    let status = Arc::new(CaptureStatus::new(start));
+    let status = Arc::new(CaptureStatus::new(start, &config.capture));
     let after_batch = Arc::new(Notify::new());
     let tracker = TaskTracker::new();
     let workers = CancellationToken::new();
@@ -122,31 +117,38 @@ pub async fn run(
     tracker.spawn(
         Capture {
             config: config.capture.clone(),
-            database_url: config.require_database_url()?.to_string(),
+            database_url: url.to_string(),
             tls: crate::db::tls(config.database_ca_file.as_deref())?,
             ca_file: config.database_ca_file.clone(),
             catalog: catalog.clone(),
             enricher: enricher.clone(),
-            hub: hub.clone(),
+            sink: Arc::new(Fanout {
+                hub: hub.clone(),
+                after_batch: after_batch.clone(),
+            }),
             status: status.clone(),
-            after_batch: after_batch.clone(),
         }
         .run(start, workers.clone()),
     );
-    tracker.spawn(prune_loop(config.clone(), pool.clone(), workers.clone()));
+    tracker.spawn(crate::retention::run(
+        config.retention.clone(),
+        pool.clone(),
+        workers.clone(),
+    ));
     let webhooks = crate::webhook::start(
-        &config,
+        &config.webhook,
         &pool,
         enricher.clone(),
         after_batch.clone(),
         start,
+        // Half the shutdown deadline for requests in flight, the rest to store results.
+        config.shutdown_timeout / 2,
         &tracker,
         workers.clone(),
     )
     .await?;
 
     let state = AppState {
-        config: config.clone(),
         hub: hub.clone(),
         auth,
         pool: pool.clone(),
@@ -154,7 +156,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         webhooks,
     };
-    let app = router(state);
+    let app = router(state, &config);
     tracing::info!(listen = %listener.local_addr()?, position = %start, "rowcast serving");
     let http_shutdown = shutdown.clone();
     // TCP_NODELAY: an event written while the client has not yet acknowledged the previous
@@ -259,22 +261,21 @@ async fn shut_down(
     );
 }
 
-fn router(state: AppState) -> Router {
-    let cors = cors_layer(&state.config.http.cors_origins);
-    let body_limit = state.config.http.max_body_bytes;
-    let socketio = hub::socketio::layer(state.clone());
+fn router(state: AppState, config: &Config) -> Router {
+    let cors = cors_layer(&config.http.cors_origins);
+    let body_limit = config.http.max_body_bytes;
+    let socketio = transport::socketio::layer(state.clone());
     Router::new()
         .merge(api::routes())
         .merge(crate::console::routes())
-        .route("/ws", get(hub::ws::handler))
-        .route("/events", get(hub::sse::handler))
-        .route("/api/changes", get(hub::poll::handler))
-        .merge(crate::webhook::api::routes())
+        .route("/ws", get(transport::ws::handler))
+        .route("/events", get(transport::sse::handler))
+        .route("/api/changes", get(transport::poll::handler))
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(socketio)
         .layer(axum::middleware::map_request(
-            hub::socketio::own_request_head,
+            transport::socketio::own_request_head,
         ))
         .layer(cors)
         .with_state(state)
@@ -292,44 +293,5 @@ fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
         let list: Vec<axum::http::HeaderValue> =
             origins.iter().filter_map(|o| o.parse().ok()).collect();
         base.allow_origin(AllowOrigin::list(list))
-    }
-}
-
-/// Retention of the change log: small batches, never past the outbox cursor.
-async fn prune_loop(config: Arc<Config>, pool: Pool, stop: CancellationToken) {
-    let age = config.retention.changes.as_secs_f64();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.retention.interval) => {}
-            _ = stop.cancelled() => return,
-        }
-        let result: Result<u64, String> = async {
-            let client = pool
-                .get()
-                .await
-                .map_err(|e| crate::telemetry::error_chain(&e))?;
-            let keep = log::cursor(&**client, "outbox")
-                .await
-                .map_err(|e| crate::telemetry::error_chain(&e))?;
-            let mut total = 0;
-            loop {
-                let n = log::prune(&**client, age, keep, config.retention.batch)
-                    .await
-                    .map_err(|e| crate::telemetry::error_chain(&e))?;
-                total += n;
-                if n < config.retention.batch as u64 || stop.is_cancelled() {
-                    return Ok(total);
-                }
-            }
-        }
-        .await;
-        match result {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics::counter!("rowcast_changes_pruned_total").increment(n);
-                tracing::info!(pruned = n, "pruned old changes");
-            }
-            Err(e) => tracing::warn!(error = %e, "pruning changes failed; will retry"),
-        }
     }
 }

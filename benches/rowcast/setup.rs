@@ -4,8 +4,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rowcast::Settings as Config;
 use rowcast::api::auth::Authenticator;
-use rowcast::config::{Config, JwtConfig};
+use rowcast::config::JwtConfig;
 use rowcast::pgtemp::PgTemp;
 
 pub const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -62,7 +63,7 @@ pub async fn migrate_now(config: &Config) {
     .await
     .expect("connect");
     tokio::spawn(conn);
-    rowcast::schema::migrate(&mut c, config)
+    rowcast::migrate::migrate(&mut c, &config.tables, &config.capture)
         .await
         .expect("migrate");
 }

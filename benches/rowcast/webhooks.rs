@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
+use rowcast::Settings as Config;
 use rowcast::api::auth::Authenticator;
-use rowcast::config::Config;
 use rowcast::pgtemp::{PgTemp, PgTempOptions};
 
 use crate::latency::{self, Via};

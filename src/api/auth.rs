@@ -1,33 +1,84 @@
 //! JWT authentication for every transport: HS256 with a shared secret, or RS256/ES256 with
 //! a PEM public key. `sub` is the user id; a configurable claim carries the role(s).
 
+use std::path::PathBuf;
+
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::config::JwtConfig;
+use crate::event::User;
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthUser {
-    pub sub: String,
-    pub roles: Vec<String>,
-    /// Expiry as unix seconds.
-    pub exp: Option<i64>,
+/// `Debug` redacts the secret.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// PEM file with an RS256 or ES256 public key.
+    pub public_key_file: Option<PathBuf>,
+    /// Claim that carries the role (a string or an array of strings).
+    pub role_claim: String,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
 }
 
-impl AuthUser {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("public_key_file", &self.public_key_file)
+            .field("role_claim", &self.role_claim)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
     }
-    pub fn is_admin(&self) -> bool {
-        self.has_role("admin")
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: None,
+            public_key_file: None,
+            role_claim: "role".into(),
+            audience: None,
+            issuer: None,
+            leeway_secs: 5,
+        }
     }
-    /// Seconds until the token expires (0 if it already has).
-    pub fn seconds_left(&self) -> Option<u64> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        self.exp.map(|e| (e - now).max(0) as u64)
+}
+
+impl JwtConfig {
+    /// What is wrong with this section, if anything.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.secret.is_some() && self.public_key_file.is_some() {
+            problems.push(
+                "set either ROWCAST_JWT_SECRET (HS256) or ROWCAST_JWT_PUBLIC_KEY_FILE (RS256/ES256), not both"
+                    .to_string(),
+            );
+        }
+        if let Some(secret) = &self.secret
+            && secret.len() < 16
+        {
+            problems.push("jwt.secret (ROWCAST_JWT_SECRET) must be at least 16 bytes".into());
+        }
+        if let Some(path) = &self.public_key_file
+            && !path.exists()
+        {
+            problems.push(format!(
+                "jwt.public_key_file {} does not exist",
+                path.display()
+            ));
+        }
+        problems
     }
 }
 
@@ -120,7 +171,7 @@ impl Authenticator {
     }
 
     /// Verifies a token and extracts the user.
-    pub fn verify(&self, token: &str) -> Result<AuthUser, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<User, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -156,7 +207,7 @@ impl Authenticator {
             _ => Vec::new(),
         };
         let exp = claims.get("exp").and_then(Value::as_i64);
-        Ok(AuthUser { sub, roles, exp })
+        Ok(User { sub, roles, exp })
     }
 
     /// Token from `Authorization: Bearer …`, else from the `token` query parameter.
@@ -164,7 +215,7 @@ impl Authenticator {
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
-    ) -> Result<AuthUser, AuthError> {
+    ) -> Result<User, AuthError> {
         let token = bearer(headers).or(query_token).ok_or(AuthError::Missing)?;
         self.verify(token)
     }

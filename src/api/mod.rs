@@ -1,6 +1,8 @@
-//! The HTTP surface: shared state, the router, errors, health and metrics.
+//! The HTTP surface: shared state, errors, health and metrics, and the webhook API. The
+//! server assembles these routes with the transports'.
 
 pub mod auth;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,18 +13,36 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::CaptureStatus;
-use crate::config::Config;
 use crate::hub::Hub;
 use auth::{AuthError, Authenticator};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins allowed by CORS (`*` for any). Empty disables CORS headers.
+    #[serde(deserialize_with = "crate::serde_ext::comma_list")]
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted by the API.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_origins: vec!["*".into()],
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
     pub pool: Pool,
@@ -34,12 +54,14 @@ pub struct AppState {
 }
 
 /// An error answered to an API client: a status, a stable code and a clean message.
-/// The cause (if any) is logged, never shown.
+/// The cause (if any) is logged when the answer is sent, never shown.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// What went wrong on our side, for the log.
+    cause: Option<String>,
 }
 
 impl ApiError {
@@ -48,6 +70,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            cause: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -59,14 +82,16 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    /// A failure of ours: logged with its cause, shown as a generic 500/503.
-    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %cause, "request failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the service could not complete the request; retry later",
-        )
+    /// A failure of ours: shown as a generic 503, logged with its cause when answered.
+    pub fn internal(cause: impl std::error::Error + 'static) -> ApiError {
+        ApiError {
+            cause: Some(crate::telemetry::error_chain(&cause)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the service could not complete the request; retry later",
+            )
+        }
     }
 }
 
@@ -78,6 +103,9 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(cause) = &self.cause {
+            tracing::error!(error = %cause, "request failed");
+        }
         let mut res = (
             self.status,
             axum::Json(json!({ "error": self.code, "message": self.message })),
@@ -93,12 +121,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Routes of this module; transports and webhooks add theirs in `crate::server`.
+/// Health, metrics and the webhook API; the server adds the transports' routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(webhooks::routes())
 }
 
 /// Alive: the process serves HTTP.
@@ -106,7 +135,8 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
-/// Ready: the database answers, capture is connected and reading, and lag is in bounds.
+/// Ready: the database answers, capture is connected, reading and without a problem that
+/// needs an operator, and lag is in bounds.
 async fn readyz(State(app): State<AppState>) -> Response {
     let db_ok = tokio::time::timeout(Duration::from_secs(2), async {
         let client = app.pool.get().await.ok()?;
@@ -116,25 +146,18 @@ async fn readyz(State(app): State<AppState>) -> Response {
     .ok()
     .flatten()
     .is_some();
-    let connected = app
-        .capture
-        .connected
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let read_bound = (app.config.capture.idle_poll * 5).max(Duration::from_secs(5));
-    let reading = app.capture.since_last_read() < read_bound;
-    let lag = app.capture.lag();
-    let lag_ok = lag < app.config.capture.max_lag;
-    let ready = db_ok && connected && reading && lag_ok && !app.shutdown.is_cancelled();
-    let body = json!({
+    let capture = app.capture.health();
+    let ready = db_ok && capture.ok() && !app.shutdown.is_cancelled();
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "database": db_ok,
-        "capture_connected": connected,
-        "capture_reading": reading,
-        "capture_lag_seconds": lag.as_secs_f64(),
-        "max_lag_seconds": app.config.capture.max_lag.as_secs_f64(),
-        "position": app.capture.position(),
         "shutting_down": app.shutdown.is_cancelled(),
     });
+    if let (Some(b), Ok(serde_json::Value::Object(c))) =
+        (body.as_object_mut(), serde_json::to_value(&capture))
+    {
+        b.extend(c);
+    }
     let status = if ready {
         StatusCode::OK
     } else {

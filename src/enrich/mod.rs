@@ -1,4 +1,6 @@
-//! Enrichment: turns a batch of log changes into routed events carrying full rows.
+//! Enrichment: turns change-log rows into routed events carrying full rows. One
+//! [`Enricher::events_after`] serves every reader of the log: capture (live), the webhook
+//! outbox, and resumes older than the replay buffer ([`LogHistory`]).
 //!
 //! Guarantees: one query per table per batch (plus one per related table for
 //! notifications); duplicate keys inside a batch are coalesced into one event at the
@@ -8,31 +10,73 @@
 //! state even if it sees an older event late. An insert or update whose row no longer
 //! exists is dropped: its delete follows.
 
+mod history;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
+use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use crate::config::TableKind;
+use crate::catalog::{Catalog, TableKind, TableSpec, quote_ident, scalar_text};
+use crate::changelog;
 use crate::event::{Change, Event, Op, Position};
-use crate::route::{self, Enriched, scalar_text};
-use crate::schema::{Catalog, TableSpec, quote_ident};
+use crate::retry::Retryable;
+use crate::route::{self, Enriched};
+pub use history::LogHistory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
-    #[error("database error while loading rows: {0}")]
+    #[error("database error while reading changes or loading rows: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
-impl EnrichError {
-    /// Every enrichment failure is a database failure: the caller retries the same batch.
-    pub fn is_retryable(&self) -> bool {
-        true
+impl Retryable for EnrichError {
+    /// Enrichment fails only when the database does: the caller retries the same range.
+    fn is_retryable(&self) -> bool {
+        match self {
+            EnrichError::Db(e) => e.is_retryable(),
+            EnrichError::Pool(e) => e.is_retryable(),
+        }
     }
+}
+
+/// Which part of the log to read: the changes after `after`, up to `until` if set, of
+/// `tables` if set.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRange<'a> {
+    pub after: Position,
+    pub until: Option<Position>,
+    pub tables: Option<&'a [String]>,
+}
+
+impl LogRange<'_> {
+    /// Everything after `after`.
+    pub fn after(after: Position) -> LogRange<'static> {
+        LogRange {
+            after,
+            until: None,
+            tables: None,
+        }
+    }
+}
+
+/// What one read of the log became.
+#[derive(Debug, Default)]
+pub struct EventsPage {
+    /// The events, in log order (coalesced: several changes to one row become one event).
+    pub events: Vec<Event>,
+    /// The position of the last log row read: where the next read continues. `None` when
+    /// nothing was there.
+    pub last: Option<Position>,
+    /// Log rows read (at most the limit; fewer means the range is exhausted for now).
+    pub rows: usize,
+    /// Commit time of the first change read, for the capture lag.
+    pub first_at: Option<time::OffsetDateTime>,
 }
 
 /// Loads full rows for changes. Cheap to clone.
@@ -77,8 +121,38 @@ impl Enricher {
         &self.pool
     }
 
+    /// Reads up to `limit` changes of `range` through `client` (the caller's transaction,
+    /// for the outbox) and turns them into events; rows are loaded through the pool.
+    /// Guarantee: events come out in log order, and `last` is the position of the last row
+    /// read even when it was malformed or its table is no longer configured, so a reader
+    /// that continues from `last` never reads a row twice nor skips one.
+    pub async fn events_after<C: GenericClient>(
+        &self,
+        client: &C,
+        range: LogRange<'_>,
+        limit: i64,
+    ) -> Result<EventsPage, EnrichError> {
+        let read = read(client, range, limit).await?;
+        self.events(read).await
+    }
+
+    /// The events of changes already read (see [`read`]); rows are loaded through the pool.
+    pub async fn events(&self, read: changelog::Read) -> Result<EventsPage, EnrichError> {
+        let events = if read.changes.is_empty() {
+            Vec::new()
+        } else {
+            self.enrich(&read.changes).await?
+        };
+        Ok(EventsPage {
+            events,
+            last: read.last,
+            rows: read.rows,
+            first_at: read.changes.first().map(|c| c.at),
+        })
+    }
+
     /// Enriches and routes a batch; events come out in log order.
-    pub async fn enrich(&self, changes: &[Change]) -> Result<Vec<Event>, EnrichError> {
+    async fn enrich(&self, changes: &[Change]) -> Result<Vec<Event>, EnrichError> {
         let mut merged: Vec<Merged<'_>> = Vec::with_capacity(changes.len());
         let mut index: HashMap<(&str, String), usize> = HashMap::with_capacity(changes.len());
         for c in changes {
@@ -205,6 +279,18 @@ impl Enricher {
             });
         }
         Ok(events)
+    }
+}
+
+/// Up to `limit` change-log rows of `range`, in log order.
+pub async fn read<C: GenericClient>(
+    client: &C,
+    range: LogRange<'_>,
+    limit: i64,
+) -> Result<changelog::Read, tokio_postgres::Error> {
+    match range.until {
+        None => changelog::read_after(client, range.after, limit).await,
+        Some(until) => changelog::read_range(client, range.after, until, range.tables, limit).await,
     }
 }
 

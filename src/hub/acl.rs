@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::auth::AuthUser;
-use crate::config::RoomConfig;
+use crate::catalog::RoomConfig;
+use crate::event::User;
 
 /// Why a join was refused. The message is shown to the client as is.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Acl {
     }
 
     /// Whether `user` may join `room`.
-    pub fn check(&self, user: &AuthUser, room: &str) -> Result<(), JoinError> {
+    pub fn check(&self, user: &User, room: &str) -> Result<(), JoinError> {
         if room.is_empty() || room.len() > 200 {
             return Err(JoinError::BadName);
         }
@@ -95,10 +95,10 @@ impl Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::default_rooms;
+    use crate::catalog::default_rooms;
 
-    fn user(sub: &str, role: &str) -> AuthUser {
-        AuthUser {
+    fn user(sub: &str, role: &str) -> User {
+        User {
             sub: sub.into(),
             roles: vec![role.into()],
             exp: None,

@@ -1,18 +1,19 @@
-//! The hub: rooms → sessions, fan-out with bounded per-session queues, and resume.
+//! The hub: rooms → sessions, fan-out with bounded per-session queues, and the replay
+//! buffer that serves resumes. No database and no capture in here: events arrive through
+//! [`Hub::publish`], older ones come from a [`History`].
 //!
 //! Every transport (`/ws`, Socket.IO, SSE) is a thin adapter over a [`Session`]. The hub
 //! never blocks on a client: `publish` pushes into bounded queues ([`queue::Queue`]), and a
 //! session whose queue is full is removed from its rooms and told to close (WebSocket
-//! 4008); the client resumes from its last `seq`. Membership changes and publishing share one lock, so a join observes a
-//! position `H` such that every event after `H` reaches the session's queue and every event
-//! up to `H` must come from [`Hub::catch_up_page`].
+//! 4008); the client resumes from its last `seq`. Membership changes and publishing share
+//! one lock, so a join observes a position `H` such that every event after `H` reaches the
+//! session's queue and every event up to `H` must come from [`Hub::catch_up_page`].
 
 pub mod acl;
-pub mod poll;
+mod config;
+mod history;
 pub mod queue;
-pub mod socketio;
-pub mod sse;
-pub mod ws;
+mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,53 +21,17 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::AuthUser;
-use crate::capture::log;
-use crate::config::{HubConfig, TableKind};
-use crate::enrich::Enricher;
-use crate::event::{Event, Position, SharedEvent};
-use crate::route::RoomTemplate;
+use crate::event::{Event, Position, SharedEvent, User};
 pub use acl::{Acl, JoinError};
+pub use config::HubConfig;
+pub use history::{History, HistoryFuture, HistoryPage, ResumeError};
 use queue::Queue;
-
-/// Query string of the streaming endpoints (`/ws`, `/events`): the token (or an
-/// `Authorization` header), comma-separated rooms joined at connect (one ordered catch-up
-/// for all of them) and the position to resume after.
-#[derive(Debug, serde::Deserialize)]
-pub struct StreamQuery {
-    token: Option<String>,
-    rooms: Option<String>,
-    since: Option<String>,
-}
+pub use session::{Delivery, OtherUser, Session};
 
 /// Most rooms one session may be in.
 pub const MAX_ROOMS: usize = 100;
 
 pub type SessionId = u64;
-
-/// One event for one session, with the room it came through.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub event: SharedEvent,
-    room: u8,
-}
-
-impl Delivery {
-    pub fn room(&self) -> &str {
-        &self.event.rooms[self.room as usize]
-    }
-}
-
-/// Why a resume could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
-    #[error(
-        "events after {since} were pruned (oldest kept after {pruned}): refetch and continue from the current seq"
-    )]
-    ResyncRequired { since: Position, pruned: Position },
-    #[error("could not read missed events: {0}")]
-    Db(String),
-}
 
 /// Transport of a session, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,19 +68,51 @@ struct State {
     replay_floor: Position,
 }
 
+impl State {
+    /// Takes session `id` out of `room`'s members, dropping the room's entry once it is
+    /// empty. The one place a membership ends (leave, close, kick).
+    fn remove_member(&mut self, id: SessionId, room: &Arc<str>) {
+        if !room.starts_with("user:") {
+            metrics::gauge!("rowcast_joined_rooms").decrement(1.0);
+        }
+        if let Some(m) = self.rooms.get_mut(room) {
+            m.remove(&id);
+            if m.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Takes session `id` out of every room it is in (the session itself stays).
+    fn detach(&mut self, id: SessionId) {
+        let rooms: Vec<Arc<str>> = match self.sessions.get_mut(&id) {
+            Some(entry) => entry.rooms.drain().collect(),
+            None => return,
+        };
+        for room in &rooms {
+            self.remove_member(id, room);
+        }
+    }
+}
+
 /// Rooms, sessions and the live event stream of this replica.
 pub struct Hub {
     state: Mutex<State>,
     config: HubConfig,
     acl: Acl,
-    enricher: Option<Enricher>,
+    history: Option<Arc<dyn History>>,
     next_id: AtomicU64,
 }
 
 impl Hub {
     /// A hub starting at `position` (nothing at or before it will be published).
-    /// `enricher` serves resumes older than the replay buffer from the database.
-    pub fn new(config: HubConfig, acl: Acl, enricher: Option<Enricher>, position: Position) -> Hub {
+    /// `history` serves resumes older than the replay buffer.
+    pub fn new(
+        config: HubConfig,
+        acl: Acl,
+        history: Option<Arc<dyn History>>,
+        position: Position,
+    ) -> Hub {
         Hub {
             state: Mutex::new(State {
                 position,
@@ -126,7 +123,7 @@ impl Hub {
             }),
             config,
             acl,
-            enricher,
+            history,
             next_id: AtomicU64::new(1),
         }
     }
@@ -154,6 +151,11 @@ impl Hub {
         self.lock().sessions.len()
     }
 
+    /// Number of rooms with at least one member (each user's private room included).
+    pub fn room_count(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
     /// Publishes events (in log order) and advances the hub to `upto`. Never blocks:
     /// a session whose queue is full is kicked instead.
     pub fn publish(&self, events: Vec<Event>, upto: Position) {
@@ -177,11 +179,7 @@ impl Hub {
                     let Some(entry) = st.sessions.get(sid) else {
                         continue;
                     };
-                    let d = Delivery {
-                        event: ev.clone(),
-                        room: idx as u8,
-                    };
-                    if entry.tx.push(d).is_err() {
+                    if entry.tx.push(Delivery::new(ev.clone(), idx as u8)).is_err() {
                         kicked.push(*sid);
                     }
                 }
@@ -202,31 +200,25 @@ impl Hub {
             st.replay_floor = st.position;
         }
         for sid in kicked {
-            if let Some(entry) = st.sessions.get_mut(&sid) {
-                if !entry.kick.is_cancelled() {
-                    metrics::counter!("rowcast_slow_client_disconnects_total").increment(1);
-                    tracing::info!(session = sid, "session too slow: queue full, closing it");
-                }
-                entry.kick.cancel();
-                for room in entry.rooms.drain() {
-                    if !room.starts_with("user:") {
-                        metrics::gauge!("rowcast_joined_rooms").decrement(1.0);
-                    }
-                    if let Some(m) = st.rooms.get_mut(&room) {
-                        m.remove(&sid);
-                    }
-                }
+            let Some(entry) = st.sessions.get(&sid) else {
+                continue;
+            };
+            if !entry.kick.is_cancelled() {
+                metrics::counter!("rowcast_slow_client_disconnects_total").increment(1);
+                tracing::info!(session = sid, "session too slow: queue full, closing it");
             }
+            entry.kick.cancel();
+            st.detach(sid);
         }
     }
 
     /// Opens a session for an authenticated user, joined to `user:<sub>`.
-    pub fn open(self: &Arc<Self>, user: AuthUser, transport: Transport) -> Session {
+    pub fn open(self: &Arc<Self>, user: User, transport: Transport) -> Session {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let rx = Arc::new(Queue::new(self.config.session_queue));
         let tx = rx.clone();
         let kick = CancellationToken::new();
-        let user_room: Arc<str> = Arc::from(format!("user:{}", user.sub));
+        let user_room: Arc<str> = Arc::from(user.room());
         let position = {
             let mut st = self.lock();
             st.sessions.insert(
@@ -241,24 +233,14 @@ impl Hub {
             st.position
         };
         metrics::gauge!("rowcast_connections", "transport" => transport.as_str()).increment(1.0);
-        Session {
-            id,
-            user,
-            transport,
-            hub: self.clone(),
-            rx,
-            kicked: kick,
-            opened_at: position,
-            resume: None,
-            skip_through: Position::ZERO,
-        }
+        Session::new(id, user, transport, self.clone(), rx, kick, position)
     }
 
     fn join_locked(
         &self,
         st: &mut State,
         id: SessionId,
-        user: &AuthUser,
+        user: &User,
         room: &str,
     ) -> Result<bool, JoinError> {
         self.acl.check(user, room)?;
@@ -282,45 +264,53 @@ impl Hub {
         Ok(true)
     }
 
-    fn leave_locked(st: &mut State, id: SessionId, room: &str) -> bool {
-        let Some(entry) = st.sessions.get_mut(&id) else {
+    fn join_many(
+        &self,
+        id: SessionId,
+        user: &User,
+        rooms: &[String],
+    ) -> (Vec<Result<bool, JoinError>>, Position) {
+        let mut st = self.lock();
+        let results = rooms
+            .iter()
+            .map(|r| self.join_locked(&mut st, id, user, r))
+            .collect();
+        (results, st.position)
+    }
+
+    fn leave(&self, id: SessionId, room: &str) -> bool {
+        let mut st = self.lock();
+        let Some(room) = st.sessions.get_mut(&id).and_then(|e| e.rooms.take(room)) else {
             return false;
         };
-        let removed = entry.rooms.remove(room);
-        if removed {
-            if let Some(m) = st.rooms.get_mut(room) {
-                m.remove(&id);
-                if m.is_empty() {
-                    st.rooms.remove(room);
-                }
-            }
-            metrics::gauge!("rowcast_joined_rooms").decrement(1.0);
-        }
-        removed
+        st.remove_member(id, &room);
+        true
+    }
+
+    fn rooms_of(&self, id: SessionId) -> Vec<String> {
+        let st = self.lock();
+        let mut rooms: Vec<String> = st
+            .sessions
+            .get(&id)
+            .map(|e| e.rooms.iter().map(|r| r.to_string()).collect())
+            .unwrap_or_default();
+        rooms.sort();
+        rooms
     }
 
     fn close(&self, id: SessionId, transport: Transport) {
         let mut st = self.lock();
-        if let Some(entry) = st.sessions.remove(&id) {
-            for room in entry.rooms {
-                if !room.starts_with("user:") {
-                    metrics::gauge!("rowcast_joined_rooms").decrement(1.0);
-                }
-                if let Some(m) = st.rooms.get_mut(&room) {
-                    m.remove(&id);
-                    if m.is_empty() {
-                        st.rooms.remove(&room);
-                    }
-                }
-            }
+        if st.sessions.contains_key(&id) {
+            st.detach(id);
+            st.sessions.remove(&id);
             metrics::gauge!("rowcast_connections", "transport" => transport.as_str())
                 .decrement(1.0);
         }
     }
 
     /// One page of the events in `(after, until]` that go to any of `rooms`, in log order,
-    /// and the position to continue after (`None` when the range is exhausted).
-    /// `rooms` must already have passed the ACL for the caller.
+    /// with the index of the room each came through, and the position to continue after
+    /// (`None` when the range is exhausted). `rooms` must already have passed the ACL.
     pub async fn catch_up_page(
         &self,
         rooms: &[String],
@@ -350,152 +340,65 @@ impl Hub {
                 return Ok((out, next));
             }
         }
-        let Some(enricher) = &self.enricher else {
+        let Some(history) = &self.history else {
             return Ok((Vec::new(), None));
         };
-        let db = |e: &dyn std::fmt::Display| ResumeError::Db(e.to_string());
-        let client = enricher.pool().get().await.map_err(|e| db(&e))?;
-        if let Some(pruned) = log::cursor(&**client, "pruned").await.map_err(|e| db(&e))?
-            && after < pruned
-        {
-            return Err(ResumeError::ResyncRequired {
-                since: after,
-                pruned,
-            });
-        }
-        let tables = tables_for_rooms(enricher, rooms);
-        let batch = limit.clamp(1, 10_000) as i64;
-        let changes = log::read_range(&**client, after, until, Some(&tables), batch)
-            .await
-            .map_err(|e| db(&e))?;
-        drop(client);
-        let next = (changes.len() as i64 == batch)
-            .then(|| changes.last().map(|c| c.pos))
-            .flatten();
-        let events = enricher.enrich(&changes).await.map_err(|e| db(&e))?;
-        let out = events
+        let page = history.page(rooms, after, until, limit).await?;
+        let out = page
+            .events
             .into_iter()
             .filter_map(|ev| pick(&ev).map(|i| (Arc::new(ev), i)))
             .collect();
-        Ok((out, next))
+        Ok((out, page.next))
     }
 }
 
-/// Tables whose events can reach any of `rooms` (to read less of the log on resume).
-fn tables_for_rooms(enricher: &Enricher, rooms: &[String]) -> Vec<String> {
-    enricher
-        .catalog()
-        .tables
-        .iter()
-        .filter(|t| match t.kind() {
-            TableKind::Notification => rooms.iter().any(|r| r.starts_with("user:")),
-            TableKind::Entity => t.config.room.iter().chain(&t.config.rooms).any(|tpl| {
-                RoomTemplate::parse(tpl).is_ok_and(|tpl| rooms.iter().any(|r| tpl.may_render(r)))
-            }),
-        })
-        .map(|t| t.name.clone())
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::default_rooms;
 
-/// A client's membership in the hub. Dropping it leaves every room.
-pub struct Session {
-    pub id: SessionId,
-    pub user: AuthUser,
-    pub transport: Transport,
-    hub: Arc<Hub>,
-    /// Live deliveries, bounded.
-    pub rx: Arc<Queue<Delivery>>,
-    /// Cancelled when the session fell too far behind and must close (4008).
-    pub kicked: CancellationToken,
-    opened_at: Position,
-    /// The client's last seen `seq`, when it resumed.
-    resume: Option<Position>,
-    /// Live deliveries at or before this position are already known to the client.
-    skip_through: Position,
-}
-
-impl Session {
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    /// The position the hub was at when the session opened.
-    pub fn opened_at(&self) -> Position {
-        self.opened_at
-    }
-
-    /// The client resumes after `since`: rooms joined from now on first receive what they
-    /// missed since then; live events the client already has are skipped.
-    pub fn set_resume(&mut self, since: Position) {
-        self.resume = Some(since);
-        self.skip_through = since;
-    }
-
-    /// Raises the floor below which live deliveries are skipped (already sent by a catch-up).
-    pub fn skip_through(&mut self, pos: Position) {
-        if pos > self.skip_through {
-            self.skip_through = pos;
+    fn event(seq: i64, room: &str) -> Event {
+        Event {
+            seq: Position(seq),
+            name: "ticket.update".into(),
+            event_type: "ticket.updated".into(),
+            table: "public.tickets".into(),
+            rooms: vec![room.into()],
+            recipient: None,
+            payload: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+            committed_at: time::OffsetDateTime::now_utc(),
         }
     }
 
-    pub fn resume_point(&self) -> Option<Position> {
-        self.resume
-    }
-
-    /// Whether a live delivery is new to the client.
-    pub fn is_new(&self, d: &Delivery) -> bool {
-        d.event.seq > self.skip_through
-    }
-
-    /// Joins rooms at once. Returns each room's outcome (`Ok(true)` newly joined) and the
-    /// position `H` after which events arrive live.
-    pub fn join_many(&self, rooms: &[String]) -> (Vec<Result<bool, JoinError>>, Position) {
-        let mut st = self.hub.lock();
-        let results = rooms
-            .iter()
-            .map(|r| self.hub.join_locked(&mut st, self.id, &self.user, r))
-            .collect();
-        (results, st.position)
-    }
-
-    /// Joins one room; see [`Session::join_many`].
-    pub fn join(&self, room: &str) -> (Result<bool, JoinError>, Position) {
-        let (mut r, h) = self.join_many(&[room.to_string()]);
-        (r.remove(0), h)
-    }
-
-    /// Leaves a room; `false` if the session was not in it. The own user room cannot be left.
-    pub fn leave(&self, room: &str) -> bool {
-        if room == format!("user:{}", self.user.sub) {
-            return false;
-        }
-        Hub::leave_locked(&mut self.hub.lock(), self.id, room)
-    }
-
-    /// Rooms the session is in.
-    pub fn rooms(&self) -> Vec<String> {
-        let st = self.hub.lock();
-        let mut rooms: Vec<String> = st
-            .sessions
-            .get(&self.id)
-            .map(|e| e.rooms.iter().map(|r| r.to_string()).collect())
-            .unwrap_or_default();
-        rooms.sort();
-        rooms
-    }
-
-    /// Replaces the session's credentials after a token refresh (same `sub` only).
-    pub fn refresh(&mut self, user: AuthUser) -> Result<(), String> {
-        if user.sub != self.user.sub {
-            return Err("a refreshed token must be for the same user".into());
-        }
-        self.user = user;
-        Ok(())
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.hub.close(self.id, self.transport);
+    /// A session kicked for being too slow leaves no empty room entries behind, as `leave`
+    /// and `close` do not either.
+    #[test]
+    fn a_kicked_session_leaves_no_empty_rooms() {
+        let config = HubConfig {
+            session_queue: 16,
+            ..HubConfig::default()
+        };
+        let hub = Arc::new(Hub::new(
+            config,
+            Acl::new(&default_rooms()),
+            None,
+            Position::ZERO,
+        ));
+        let user = User {
+            sub: "1".into(),
+            roles: vec!["agent".into()],
+            exp: None,
+        };
+        let session = hub.open(user, Transport::WebSocket);
+        let (results, _) = session.join_many(&["tickets".into(), "comments".into()]);
+        assert!(results.iter().all(|r| r.is_ok()));
+        assert_eq!(hub.room_count(), 3, "user room, tickets, comments");
+        let burst: Vec<Event> = (1..=20).map(|s| event(s, "tickets")).collect();
+        hub.publish(burst, Position(20));
+        assert!(session.kicked.is_cancelled(), "the queue overflowed");
+        assert_eq!(hub.room_count(), 0, "no room entry is left behind");
+        drop(session);
+        assert_eq!(hub.session_count(), 0);
     }
 }

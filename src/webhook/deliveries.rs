@@ -7,6 +7,73 @@ use uuid::Uuid;
 
 use super::endpoints::rfc3339;
 
+/// Where a delivery stands, as stored in `webhook_deliveries.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (or being attempted).
+    Pending,
+    Delivered,
+    /// Every attempt of the schedule failed (or the receiver answered 410): a dead letter,
+    /// kept until replayed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        DeliveryStatus::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// What one attempt came to, as stored in `webhook_attempts.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; another attempt is scheduled.
+    Retry,
+    /// Failed, and it was the last attempt.
+    Failed,
+    /// The receiver answered 410 Gone: the endpoint is disabled.
+    Gone,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Gone => "gone",
+        }
+    }
+
+    fn parse(s: &str) -> AttemptOutcome {
+        [
+            AttemptOutcome::Delivered,
+            AttemptOutcome::Retry,
+            AttemptOutcome::Gone,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+        .unwrap_or(AttemptOutcome::Failed)
+    }
+}
+
 /// A delivery to enqueue for one change and one endpoint.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -147,12 +214,11 @@ pub struct AttemptResult {
     pub attempted_at: time::OffsetDateTime,
     pub duration_ms: i32,
     pub status_code: Option<i32>,
-    /// `delivered`, `retry`, `failed`.
-    pub outcome: &'static str,
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub response: Option<String>,
     /// The delivery's status after this attempt.
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub tries: i32,
     /// Seconds until the next attempt (`retry` only).
     pub retry_in: Option<f64>,
@@ -174,10 +240,10 @@ pub async fn record<C: GenericClient>(
     let at: Vec<time::OffsetDateTime> = results.iter().map(|r| r.attempted_at).collect();
     let ms: Vec<i32> = results.iter().map(|r| r.duration_ms).collect();
     let codes: Vec<Option<i32>> = results.iter().map(|r| r.status_code).collect();
-    let outcomes: Vec<&str> = results.iter().map(|r| r.outcome).collect();
+    let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
     let errors = col(|r| r.error.clone());
     let responses = col(|r| r.response.clone());
-    let statuses: Vec<&str> = results.iter().map(|r| r.status).collect();
+    let statuses: Vec<&str> = results.iter().map(|r| r.status.as_str()).collect();
     let tries: Vec<i32> = results.iter().map(|r| r.tries).collect();
     let retry_in: Vec<Option<f64>> = results.iter().map(|r| r.retry_in).collect();
     client
@@ -216,7 +282,7 @@ pub struct Delivery {
     pub event_type: String,
     /// `seq` of the change it carries (`null` for test sends).
     pub seq: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub next_attempt_at: Option<String>,
     pub last_status_code: Option<i32>,
@@ -235,7 +301,7 @@ pub struct Attempt {
     pub attempted_at: String,
     pub duration_ms: i32,
     pub status_code: Option<i32>,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
     /// The first 4 KiB of the response body.
     pub response: Option<String>,
@@ -248,12 +314,13 @@ const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_type, d.change_seq,
 fn delivery(r: &Row) -> Delivery {
     let seq: Option<i64> = r.get(3);
     let status: String = r.get(4);
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
     Delivery {
         id: r.get(0),
         endpoint_id: r.get(1),
         event_type: r.get(2),
         seq: seq.map(|s| s.to_string()),
-        next_attempt_at: (status == "pending").then(|| rfc3339(r.get(6))),
+        next_attempt_at: (status == DeliveryStatus::Pending).then(|| rfc3339(r.get(6))),
         status,
         attempts: r.get(5),
         last_status_code: r.get(7),
@@ -269,7 +336,7 @@ fn delivery(r: &Row) -> Delivery {
 pub async fn list<C: GenericClient>(
     client: &C,
     owner: Option<&str>,
-    status: Option<&str>,
+    status: Option<DeliveryStatus>,
     endpoint: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Delivery>, tokio_postgres::Error> {
@@ -283,7 +350,12 @@ pub async fn list<C: GenericClient>(
                     AND ($3::uuid IS NULL OR d.endpoint_id = $3)
                   ORDER BY d.id DESC LIMIT $4"
             ),
-            &[&owner, &status, &endpoint, &limit],
+            &[
+                &owner,
+                &status.map(DeliveryStatus::as_str),
+                &endpoint,
+                &limit,
+            ],
         )
         .await?;
     Ok(rows.iter().map(delivery).collect())
@@ -341,7 +413,7 @@ pub async fn get<C: GenericClient>(
                 attempted_at: rfc3339(at),
                 duration_ms: ms,
                 status_code: code,
-                outcome,
+                outcome: AttemptOutcome::parse(&outcome),
                 error,
                 response,
             })
@@ -398,12 +470,15 @@ pub async fn prune<C: GenericClient>(
 /// Deliveries by status, for the depth gauge.
 pub async fn depth<C: GenericClient>(
     client: &C,
-) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+) -> Result<Vec<(DeliveryStatus, i64)>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT status, count(*) FROM rowcast.webhook_deliveries GROUP BY status",
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((DeliveryStatus::parse(r.get(0))?, r.get(1))))
+        .collect())
 }

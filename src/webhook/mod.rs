@@ -4,9 +4,10 @@
 //! The flow: capture's `after_batch` wakes the [`outbox`] writer, which turns new changes
 //! into rows of `rowcast.webhook_deliveries` under the durable `outbox` cursor; the
 //! [`worker`] claims due rows under a lease and sends them through [`sender`] (signed by
-//! [`sign`], guarded by [`ssrf`], retried per [`schedule`]). [`api`] is the HTTP surface.
+//! [`sign`], guarded by [`ssrf`], retried per [`schedule`]). The HTTP surface is
+//! `api::webhooks`.
 
-pub mod api;
+mod config;
 pub mod deliveries;
 pub mod endpoints;
 pub mod outbox;
@@ -24,9 +25,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::changelog;
 use crate::enrich::Enricher;
 use crate::event::Position;
+use crate::retry::Retryable;
+pub use config::WebhookConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -40,10 +43,15 @@ pub enum WebhookError {
     Client(#[from] reqwest::Error),
 }
 
-impl WebhookError {
-    /// Database and enrichment failures pass; a client that cannot be built will not.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, WebhookError::Client(_))
+impl Retryable for WebhookError {
+    /// Database and enrichment failures may pass; a client that cannot be built will not.
+    fn is_retryable(&self) -> bool {
+        match self {
+            WebhookError::Db(e) => e.is_retryable(),
+            WebhookError::Pool(e) => e.is_retryable(),
+            WebhookError::Enrich(e) => e.is_retryable(),
+            WebhookError::Client(_) => false,
+        }
     }
 }
 
@@ -52,23 +60,27 @@ pub struct Webhooks {
     pub guard: Arc<ssrf::Guard>,
     /// Wakes the worker when a delivery was enqueued or replayed through the API.
     pub wake: Arc<Notify>,
+    /// How long a rotated-out secret keeps signing.
+    pub secret_grace: Duration,
 }
 
-/// Initializes the outbox cursor at `start` (if absent) and spawns the outbox writer, the
-/// delivery worker and delivery retention into `tracker`; all stop on `stop`.
+/// Initializes the outbox cursor at `start` (if absent) and spawns the outbox writer and
+/// the delivery worker into `tracker`; all stop on `stop`. `grace` is how long requests in
+/// flight may finish at shutdown.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
-    config: &Arc<Config>,
+    c: &WebhookConfig,
     pool: &Pool,
     enricher: Enricher,
     after_batch: Arc<Notify>,
     start: Position,
+    grace: Duration,
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<Arc<Webhooks>, WebhookError> {
     let client = pool.get().await?;
-    outbox::init_cursor(&**client, start).await?;
+    changelog::init_outbox(&**client, start).await?;
     drop(client);
-    let c = &config.webhook;
     let guard = Arc::new(ssrf::Guard::new(c.allow_cidrs.clone()));
     let sender = Arc::new(sender::Sender::new(c, guard.clone())?);
     let wake = Arc::new(Notify::new());
@@ -87,42 +99,10 @@ pub async fn start(
         sender,
         wake: wake.clone(),
     };
-    // Half the shutdown deadline for requests in flight, the rest to store their results.
-    tracker.spawn(worker.run(stop.clone(), config.shutdown_timeout / 2));
-    tracker.spawn(prune_loop(config.clone(), pool.clone(), stop));
-    Ok(Arc::new(Webhooks { guard, wake }))
-}
-
-/// Retention: delivered deliveries (and their attempts) older than
-/// `retention.deliveries`, in batches of `retention.batch`. Failed ones stay (dead letters).
-async fn prune_loop(config: Arc<Config>, pool: Pool, stop: CancellationToken) {
-    let age = config.retention.deliveries.as_secs_f64();
-    let batch = config.retention.batch;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.retention.interval) => {}
-            _ = stop.cancelled() => return,
-        }
-        let mut total = 0u64;
-        let result: Result<(), WebhookError> = async {
-            let client = pool.get().await?;
-            loop {
-                let n = deliveries::prune(&**client, age, batch).await?;
-                total += n;
-                if n < batch as u64 || stop.is_cancelled() {
-                    return Ok(());
-                }
-                // Let other work in between batches.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        .await;
-        if total > 0 {
-            metrics::counter!("rowcast_webhook_deliveries_pruned_total").increment(total);
-            tracing::info!(pruned = total, "pruned delivered webhook deliveries");
-        }
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "pruning webhook deliveries failed; will retry");
-        }
-    }
+    tracker.spawn(worker.run(stop, grace));
+    Ok(Arc::new(Webhooks {
+        guard,
+        wake,
+        secret_grace: c.secret_grace,
+    }))
 }

@@ -11,34 +11,14 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
-use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
 use super::WebhookError;
 use super::deliveries::{self, NewDelivery};
 use super::endpoints;
-use crate::capture::log;
-use crate::enrich::Enricher;
-use crate::event::Position;
-
-/// Name of the cursor row in `rowcast.cursors`.
-pub const CURSOR: &str = "outbox";
-
-/// Creates the cursor at `start` if there is none, so webhooks cover every change from
-/// the first start of rowcast on. Safe from many replicas at once.
-pub async fn init_cursor<C: GenericClient>(
-    client: &C,
-    start: Position,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "INSERT INTO rowcast.cursors (name, seq) VALUES ($1, $2)
-             ON CONFLICT (name) DO NOTHING",
-            &[&CURSOR, &start.0],
-        )
-        .await?;
-    Ok(())
-}
+use crate::changelog;
+use crate::enrich::{Enricher, LogRange};
+use crate::retry::Backoff;
 
 /// What one enqueue step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,48 +35,32 @@ pub enum Step {
 pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, WebhookError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(row) = tx
-        .query_opt(
-            "SELECT seq FROM rowcast.cursors WHERE name = $1 FOR UPDATE SKIP LOCKED",
-            &[&CURSOR],
-        )
-        .await?
-    else {
+    let Some(after) = changelog::lock_outbox(&*tx).await? else {
         return Ok(Step::Busy);
     };
-    let after = Position(row.get(0));
     // With no endpoint the changes need not be read at all: move the cursor past the
     // newest one. (Its max is read before the endpoints, so every change it skips
     // committed before any endpoint existed.)
-    let newest: Option<i64> = tx
-        .query_one(
-            "SELECT max(seq) FROM rowcast.changes WHERE seq > $1",
-            &[&after.0],
-        )
-        .await?
-        .get(0);
-    let Some(newest) = newest else {
+    let Some(newest) = changelog::newest_after(&*tx, after).await? else {
         return Ok(Step::Idle);
     };
     let routes = endpoints::routes(&*tx).await?;
     if routes.is_empty() {
-        tx.execute(
-            "UPDATE rowcast.cursors SET seq = $2, updated_at = now() WHERE name = $1",
-            &[&CURSOR, &newest],
-        )
-        .await?;
+        changelog::advance_outbox(&*tx, newest).await?;
         tx.commit().await?;
         return Ok(Step::Wrote {
             changes: 0,
             deliveries: 0,
         });
     }
-    let changes = log::read_after(&*tx, after, batch).await?;
-    let Some(last) = changes.last().map(|c| c.pos) else {
+    let page = enricher
+        .events_after(&*tx, LogRange::after(after), batch)
+        .await?;
+    let Some(last) = page.last else {
         return Ok(Step::Idle);
     };
     let mut new = Vec::new();
-    for e in &enricher.enrich(&changes).await? {
+    for e in &page.events {
         for r in routes
             .iter()
             .filter(|r| r.wants(&e.event_type, e.recipient.as_deref()))
@@ -120,15 +84,11 @@ pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, 
             "some deliveries were already enqueued; the unique constraint kept them single"
         );
     }
-    tx.execute(
-        "UPDATE rowcast.cursors SET seq = $2, updated_at = now() WHERE name = $1",
-        &[&CURSOR, &last.0],
-    )
-    .await?;
+    changelog::advance_outbox(&*tx, last).await?;
     tx.commit().await?;
     metrics::counter!("rowcast_webhook_enqueued_total").increment(inserted);
     Ok(Step::Wrote {
-        changes: changes.len(),
+        changes: page.rows,
         deliveries: inserted,
     })
 }
@@ -144,7 +104,11 @@ pub async fn run(
     enqueued: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    );
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -158,7 +122,7 @@ pub async fn run(
                     changes,
                     deliveries,
                 }) => {
-                    failures = 0;
+                    backoff.reset();
                     if deliveries > 0 {
                         enqueued.notify_one();
                     }
@@ -167,14 +131,13 @@ pub async fn run(
                     }
                 }
                 Ok(Step::Busy | Step::Idle) => {
-                    failures = 0;
+                    backoff.reset();
                     break;
                 }
                 Err(e) => {
-                    failures += 1;
+                    let delay = backoff.after(&e);
                     metrics::counter!("rowcast_webhook_enqueue_errors_total").increment(1);
-                    tracing::warn!(error = %e, failures, "webhook enqueue failed; will retry");
-                    let delay = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), retry_in = ?delay, "webhook enqueue failed; will retry");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 
+use super::WebhookConfig;
 use super::deliveries::Claimed;
 use super::sign;
 use super::ssrf::{Guard, GuardedResolver};
-use crate::config::WebhookConfig;
 
 /// Bytes of a response body kept in the attempt log.
 pub const RESPONSE_LIMIT: usize = 4096;
@@ -79,7 +79,7 @@ impl Sender {
             .body(d.payload.clone());
         let mut response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return Sent::Failed(error_chain(&e)),
+            Err(e) => return Sent::Failed(crate::telemetry::error_chain(&e)),
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -104,20 +104,4 @@ impl Sender {
             body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
-}
-
-/// `e` and its sources, so the log says "connection refused", not just "error sending
-/// request".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

@@ -18,11 +18,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::deliveries::{self, AttemptResult, Claimed};
+use super::deliveries::{self, AttemptOutcome, AttemptResult, Claimed, DeliveryStatus};
 use super::schedule::{Next, Schedule, parse_retry_after};
 use super::sender::{Sender, Sent};
-use super::{WebhookError, endpoints};
-use crate::config::WebhookConfig;
+use super::{WebhookConfig, WebhookError, endpoints};
+use crate::retry::Backoff;
+
+/// The retry policy of the worker's own database work (claims, storing results).
+fn db_backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    )
+}
 
 /// What a delivery task hands to the result writer.
 enum Outcome {
@@ -87,7 +96,7 @@ impl Worker {
             self.config.retry_schedule.clone(),
             self.config.max_retry_after,
         ));
-        let mut failures = 0u32;
+        let mut backoff = db_backoff();
         loop {
             let first = tokio::select! {
                 biased;
@@ -105,14 +114,13 @@ impl Worker {
             }
             let claimed = match self.claim(permits.len() as i64).await {
                 Ok(c) => {
-                    failures = 0;
+                    backoff.reset();
                     c
                 }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "claiming webhook deliveries failed");
+                    let delay = backoff.after(&e);
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), retry_in = ?delay, "claiming webhook deliveries failed");
                     drop(permits);
-                    let delay = Duration::from_millis(200 * u64::from(failures.min(25)));
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
@@ -171,9 +179,10 @@ async fn report_depth(pool: Pool, stop: CancellationToken) {
         if let Ok(client) = pool.get().await
             && let Ok(depth) = deliveries::depth(&**client).await
         {
-            for status in ["pending", "delivered", "failed"] {
-                let n = depth.iter().find(|(s, _)| s == status).map_or(0, |d| d.1);
-                metrics::gauge!("rowcast_webhook_outbox_depth", "status" => status).set(n as f64);
+            for status in DeliveryStatus::ALL {
+                let n = depth.iter().find(|(s, _)| *s == status).map_or(0, |d| d.1);
+                metrics::gauge!("rowcast_webhook_outbox_depth", "status" => status.as_str())
+                    .set(n as f64);
             }
         }
         tokio::select! {
@@ -245,7 +254,7 @@ async fn deliver(job: Delivery) {
     metrics::histogram!("rowcast_webhook_attempt_duration_seconds").record(elapsed.as_secs_f64());
     let outcome = classify(&d, &schedule, sent, attempted_at, elapsed);
     if let Outcome::Attempted { result, .. } = &outcome {
-        metrics::counter!("rowcast_webhook_attempts_total", "outcome" => result.outcome)
+        metrics::counter!("rowcast_webhook_attempts_total", "outcome" => result.outcome.as_str())
             .increment(1);
     }
     let _ = result_tx.send(outcome).await;
@@ -267,10 +276,10 @@ fn classify(
         attempted_at,
         duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
         status_code: None,
-        outcome: "delivered",
+        outcome: AttemptOutcome::Delivered,
         error: None,
         response: None,
-        status: "delivered",
+        status: DeliveryStatus::Delivered,
         tries,
         retry_in: None,
     };
@@ -287,8 +296,8 @@ fn classify(
                 return Outcome::Attempted { result, gone };
             }
             if status == 410 {
-                result.outcome = "gone";
-                result.status = "failed";
+                result.outcome = AttemptOutcome::Gone;
+                result.status = DeliveryStatus::Failed;
                 result.error = Some("the receiver answered 410 Gone: endpoint disabled".into());
                 gone = Some(d.endpoint_id);
                 return Outcome::Attempted { result, gone };
@@ -303,13 +312,13 @@ fn classify(
     };
     match schedule.after_failure(tries as usize, retry_after) {
         Next::RetryIn(delay) => {
-            result.outcome = "retry";
-            result.status = "pending";
+            result.outcome = AttemptOutcome::Retry;
+            result.status = DeliveryStatus::Pending;
             result.retry_in = Some(delay.as_secs_f64());
         }
         Next::GiveUp => {
-            result.outcome = "failed";
-            result.status = "failed";
+            result.outcome = AttemptOutcome::Failed;
+            result.status = DeliveryStatus::Failed;
         }
     }
     Outcome::Attempted { result, gone }
@@ -333,7 +342,7 @@ async fn write_results(pool: Pool, mut rx: mpsc::Receiver<Outcome>, hard: Cancel
                 Outcome::Released { id, lease } => released.push((id, lease)),
             }
         }
-        let mut failures = 0u32;
+        let mut backoff = db_backoff();
         loop {
             let written: Result<(), WebhookError> = async {
                 let mut client = pool.get().await?;
@@ -355,10 +364,9 @@ async fn write_results(pool: Pool, mut rx: mpsc::Receiver<Outcome>, hard: Cancel
                     break;
                 }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "storing webhook results failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
-                        .await;
+                    let delay = backoff.after(&e);
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), retry_in = ?delay, "storing webhook results failed; retrying");
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -182,7 +182,7 @@ async fn replicas_agree_and_fail_over_with_logical_capture() {
         .await;
 }
 
-async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Config)) {
+async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Settings)) {
     let (db, a) = support::start_with(tweak).await;
     let b = Server::start(a.config.clone()).await;
     let token = a.token("1", "agent");
@@ -234,7 +234,7 @@ async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Conf
         .query_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
                 AND ((classid::bigint << 32) | objid::bigint) = $1",
-            &[&rowcast::capture::log::SEQUENCER_LOCK],
+            &[&rowcast::changelog::SEQUENCER_LOCK],
         )
         .await
         .unwrap()

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rowcast::Config;
-use rowcast::config::TableKind;
+use rowcast::catalog::TableKind;
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
@@ -64,7 +64,7 @@ fn chart_lints_renders_and_validates_with_every_option() {
     assert_eq!(defaults.log.format, rowcast::config::LogFormat::Json);
     assert_eq!(
         defaults.tables.len(),
-        rowcast::config::default_tables().len(),
+        rowcast::catalog::default_tables().len(),
         "no tables in values means the helpdesk mapping"
     );
 

@@ -12,7 +12,7 @@ use crate::support::writer::Writer;
 use crate::support::ws::{Received, WsClient};
 use crate::support::{self, Db};
 
-fn logical(c: &mut rowcast::Config) {
+fn logical(c: &mut rowcast::Settings) {
     c.capture.mode = CaptureMode::Logical;
 }
 
@@ -22,7 +22,9 @@ fn logical(c: &mut rowcast::Config) {
 async fn logical_capture_emits_every_change_without_hidden_columns() {
     let (db, server) = support::start_with(logical).await;
     let pg = db.client().await;
-    let problems = rowcast::schema::check(&pg, &server.config).await.unwrap();
+    let problems = rowcast::migrate::check(&pg, &server.config.tables, &server.config.capture)
+        .await
+        .unwrap();
     assert!(problems.is_empty(), "check after migrate: {problems:?}");
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
@@ -340,7 +342,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     logical(&mut config);
     db.migrate(&config).await;
     let pg = db.client().await;
-    let slot = rowcast::schema::slot(&pg, "rowcast").await.unwrap();
+    let slot = rowcast::changelog::slot(&pg, "rowcast").await.unwrap();
     assert_eq!(slot.and_then(|s| s.plugin).as_deref(), Some("pgoutput"));
     let published: Vec<String> = pg
         .query(
@@ -361,7 +363,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     // Migrating again is a no-op that succeeds.
     db.migrate(&config).await;
     assert!(
-        rowcast::schema::check(&pg, &config)
+        rowcast::migrate::check(&pg, &config.tables, &config.capture)
             .await
             .unwrap()
             .is_empty()
@@ -372,7 +374,9 @@ async fn logical_mode_migrate_check_and_switch_back() {
     pg.execute("SELECT pg_drop_replication_slot('rowcast')", &[])
         .await
         .unwrap();
-    let problems = rowcast::schema::check(&pg, &config).await.unwrap();
+    let problems = rowcast::migrate::check(&pg, &config.tables, &config.capture)
+        .await
+        .unwrap();
     let text = problems.join("\n");
     assert!(
         text.contains("replication slot rowcast does not exist"),
@@ -384,7 +388,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     );
     db.migrate(&config).await;
     assert!(
-        rowcast::schema::check(&pg, &config)
+        rowcast::migrate::check(&pg, &config.tables, &config.capture)
             .await
             .unwrap()
             .is_empty()
@@ -394,7 +398,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     let mut triggers = db.config();
     triggers.capture.mode = CaptureMode::Triggers;
     let mut client = db.client().await;
-    let report = rowcast::schema::migrate(&mut client, &triggers)
+    let report = rowcast::migrate::migrate(&mut client, &triggers.tables, &triggers.capture)
         .await
         .unwrap()
         .join("\n");
@@ -406,7 +410,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     let slots = db.count("SELECT count(*) FROM pg_replication_slots").await;
     assert_eq!(slots, 0);
     assert!(
-        rowcast::schema::check(&pg, &triggers)
+        rowcast::migrate::check(&pg, &triggers.tables, &triggers.capture)
             .await
             .unwrap()
             .is_empty()
@@ -414,7 +418,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     // Serving in logical mode without the slot is refused at start, with what to do.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = rowcast::run(
-        config.clone(),
+        config.clone().validate().unwrap(),
         listener,
         tokio_util::sync::CancellationToken::new(),
     )
@@ -435,7 +439,7 @@ async fn logical_mode_migrate_check_and_switch_back() {
     let mut config = replica.config();
     logical(&mut config);
     let mut client = replica.client().await;
-    let err = rowcast::schema::migrate(&mut client, &config)
+    let err = rowcast::migrate::migrate(&mut client, &config.tables, &config.capture)
         .await
         .unwrap_err()
         .to_string();
@@ -491,7 +495,9 @@ async fn logical_capture_as_a_password_role_with_replication() {
         ));
         let problems = {
             let c = support::connect(config.database_url.as_deref().unwrap()).await;
-            rowcast::schema::check(&c, &config).await.unwrap()
+            rowcast::migrate::check(&c, &config.tables, &config.capture)
+                .await
+                .unwrap()
         };
         assert!(problems.is_empty(), "{role}: {problems:?}");
         let server = support::Server::start(config).await;

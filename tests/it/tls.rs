@@ -166,7 +166,7 @@ async fn rowcast_talks_tls_to_postgres() {
     let mut wrong = config.clone();
     wrong.database_ca_file = Some(other.join("ca.crt"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = rowcast::run(wrong, listener, Default::default())
+    let err = rowcast::run(wrong.validate().unwrap(), listener, Default::default())
         .await
         .unwrap_err()
         .to_string();

@@ -26,7 +26,7 @@ use super::{Db, Server};
 struct Ctl {
     db_url: String,
     addr: SocketAddr,
-    config: rowcast::Config,
+    config: rowcast::Settings,
     server: Arc<Mutex<Option<Server>>>,
     auth: Arc<rowcast::api::auth::Authenticator>,
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::panic::Location;
 use std::time::Duration;
 
-use rowcast::Config;
+use rowcast::Settings as Config;
 use rowcast::api::auth::Authenticator;
 use rowcast::pgtemp::{PgTemp, PgTempOptions};
 use tokio::task::JoinHandle;
@@ -86,7 +86,7 @@ impl Db {
 
     pub async fn migrate(&self, config: &Config) {
         let mut client = self.client().await;
-        rowcast::schema::migrate(&mut client, config)
+        rowcast::migrate::migrate(&mut client, &config.tables, &config.capture)
             .await
             .expect("migrate");
     }
@@ -122,7 +122,11 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let auth = std::sync::Arc::new(Authenticator::from_config(&config.jwt).unwrap());
-        let handle = tokio::spawn(rowcast::run(config.clone(), listener, shutdown.clone()));
+        let valid = config
+            .clone()
+            .validate()
+            .expect("a valid test configuration");
+        let handle = tokio::spawn(rowcast::run(valid, listener, shutdown.clone()));
         let s = Server {
             addr,
             config,

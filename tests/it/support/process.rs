@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rowcast::Config;
+use rowcast::Settings as Config;
 
 pub struct Proc {
     pub child: Child,
@@ -23,7 +23,7 @@ impl Proc {
     /// Starts `rowcast serve` against `database_url` with the test JWT secret on a free
     /// port, `env` on top.
     pub async fn serve(database_url: &str, env: &[(&str, &str)]) -> Proc {
-        let mut config = rowcast::Config {
+        let mut config = rowcast::Settings {
             database_url: Some(database_url.to_string()),
             ..Default::default()
         };

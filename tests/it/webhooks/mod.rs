@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use rowcast::Config;
+use rowcast::Settings as Config;
 use serde_json::{Value, json};
 
 mod crash;

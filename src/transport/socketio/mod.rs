@@ -7,14 +7,11 @@
 //! `notification`, ...) with the contract payload, `resync_required`, and `rowcast:error`
 //! right before the server disconnects a socket (too slow, token expired, resume failed).
 
-use std::collections::HashSet;
+mod head;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::OriginalUri;
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, Uri};
-use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
@@ -24,11 +21,15 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::Queue;
-use super::{Delivery, MAX_ROOMS, ResumeError, Session, Transport};
+use super::expiry_sleep;
 use crate::api::AppState;
 use crate::api::auth::AuthError;
 use crate::event::Position;
+use crate::hub::queue::Queue;
+use crate::hub::{Delivery, MAX_ROOMS, ResumeError, Session, Transport};
+use crate::protocol::{CatchUp, CloseReason, ErrorCode, Flow, Resume, rooms_arg};
+
+pub use head::own_request_head;
 
 /// Where Socket.IO is served (socketioxide's default, set explicitly for
 /// [`own_request_head`]).
@@ -43,8 +44,6 @@ const PENDING_REQUESTS: usize = 16;
 /// engine.io's WebSocket read buffer per socket (its default is 4 KiB). Clients only send
 /// small join/leave requests; a longer frame still arrives whole, in several reads.
 const WS_READ_BUFFER: usize = 1024;
-/// Events per catch-up page.
-const CATCH_UP_PAGE: usize = 500;
 
 /// Why a handshake was refused. The text is the `connect_error` message the client sees.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +58,19 @@ pub enum ConnectError {
     ShuttingDown,
 }
 
-/// The Socket.IO layer for `crate::server::router`. Closes every Socket.IO connection (the
+/// The Socket.IO layer for the server's router. Closes every Socket.IO connection (the
 /// clients see a transport close and reconnect on their own) when `app.shutdown` fires.
 pub fn layer(app: AppState) -> SocketIoLayer {
+    let hub = app.hub.config().clone();
     let (layer, io) = SocketIo::builder()
         .with_state(app.clone())
         .req_path(PATH)
-        .ping_interval(app.config.hub.ping_interval)
+        .ping_interval(hub.ping_interval)
         .ws_read_buffer_size(WS_READ_BUFFER)
         // Clients only send small join/leave requests.
-        .max_payload(app.config.hub.max_frame_bytes as u64)
-        .ws_max_message_size(app.config.hub.max_frame_bytes.saturating_mul(16))
-        .ws_max_frame_size(app.config.hub.max_frame_bytes.saturating_mul(16))
+        .max_payload(hub.max_frame_bytes as u64)
+        .ws_max_message_size(hub.max_frame_bytes.saturating_mul(16))
+        .ws_max_frame_size(hub.max_frame_bytes.saturating_mul(16))
         .build_layer();
     io.ns("/", on_connect.with(authenticate));
     let shutdown = app.shutdown.clone();
@@ -79,60 +79,6 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         io.close().await;
     });
     layer
-}
-
-/// Middleware for the Socket.IO path (outside [`layer`]): gives the request's URI and header
-/// values one small allocation of their own.
-///
-/// hyper parses them as slices of the connection's HTTP/1 read buffer (8–16 KiB), and
-/// engine.io keeps the head of the request that opened a socket for the socket's whole
-/// life (`SocketRef::req_parts`): without the copy every Socket.IO connection pins that
-/// buffer after the upgrade (docs/benchmarks.md, "memory").
-pub async fn own_request_head(req: axum::extract::Request) -> axum::extract::Request {
-    if !req.uri().path().starts_with(PATH) {
-        return req;
-    }
-    let (mut parts, body) = req.into_parts();
-    own_head(&mut parts);
-    axum::extract::Request::from_parts(parts, body)
-}
-
-fn own_head(parts: &mut Parts) {
-    let uri = parts.uri.to_string();
-    // axum's router keeps a clone of the URI as it arrived (for `OriginalUri`).
-    let original = parts
-        .extensions
-        .get::<OriginalUri>()
-        .map(|o| o.0.to_string())
-        .unwrap_or_default();
-    let values: usize = parts.headers.values().map(HeaderValue::len).sum();
-    let mut buf = BytesMut::with_capacity(uri.len() + original.len() + values);
-    buf.extend_from_slice(uri.as_bytes());
-    buf.extend_from_slice(original.as_bytes());
-    for v in parts.headers.values() {
-        buf.extend_from_slice(v.as_bytes());
-    }
-    let buf = buf.freeze();
-    if let Ok(owned) = Uri::from_maybe_shared(buf.slice(..uri.len())) {
-        parts.uri = owned;
-    }
-    let mut at = uri.len();
-    if !original.is_empty() {
-        let end = at + original.len();
-        if let Ok(owned) = Uri::from_maybe_shared(buf.slice(at..end)) {
-            parts.extensions.insert(OriginalUri(owned));
-        }
-        at = end;
-    }
-    // `values` and `values_mut` visit the same values in the same order.
-    for v in parts.headers.values_mut() {
-        let end = at + v.len();
-        if let Ok(mut owned) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
-            owned.set_sensitive(v.is_sensitive());
-            *v = owned;
-        }
-        at = end;
-    }
 }
 
 /// A join or leave request, answered by the socket's task so that the acknowledgement and
@@ -150,6 +96,8 @@ type Requests = Queue<Request>;
 /// What the middleware prepared for the connect handler (taken exactly once).
 struct Prepared {
     session: Session,
+    /// `auth.since`: the client resumes after it.
+    since: Option<Position>,
     requests: Arc<Requests>,
     gone: CancellationToken,
 }
@@ -207,10 +155,7 @@ async fn authenticate(
         }
     };
 
-    let mut session = app.hub.open(user, Transport::SocketIo);
-    if let Some(s) = since {
-        session.set_resume(s);
-    }
+    let session = app.hub.open(user, Transport::SocketIo);
     let requests = Arc::new(Requests::new(PENDING_REQUESTS));
     let gone = CancellationToken::new();
     for (name, is_join) in [("join", true), ("leave", false)] {
@@ -218,13 +163,13 @@ async fn authenticate(
         socket.on(
             name,
             async move |TryData(v): TryData<Value>, ack: AckSender| {
-                let rooms = match v.ok().as_ref().and_then(parse_rooms) {
+                let rooms = match v.ok().as_ref().and_then(rooms_arg) {
                     Some(r) => r,
                     None => {
                         let msg = format!(
                             "{name} takes a room name or an array of 1 to {MAX_ROOMS} room names"
                         );
-                        let _ = ack.send(&refusal("bad_request", &msg));
+                        let _ = ack.send(&refusal(ErrorCode::BadRequest, &msg));
                         return;
                     }
                 };
@@ -236,7 +181,7 @@ async fn authenticate(
                 if let Err(req) = tx.push(req) {
                     let (Request::Join(_, ack) | Request::Leave(_, ack)) = req;
                     let msg = "too many join/leave requests in flight; wait for their answers";
-                    let _ = ack.send(&refusal("busy", msg));
+                    let _ = ack.send(&refusal(ErrorCode::Busy, msg));
                 }
             },
         );
@@ -247,6 +192,7 @@ async fn authenticate(
         .extensions
         .insert(PreparedSlot(Arc::new(Mutex::new(Some(Prepared {
             session,
+            since,
             requests,
             gone,
         })))));
@@ -265,35 +211,17 @@ async fn on_connect(
     Conn {
         socket,
         session: p.session,
+        resume: Resume::new(p.since),
         requests: p.requests,
         gone: p.gone,
         shutdown: app.shutdown.clone(),
-        caught_up: HashSet::new(),
         last_sent: None,
     }
     .run()
     .await
 }
 
-/// A room name or an array of room names.
-fn parse_rooms(v: &Value) -> Option<Vec<String>> {
-    // socket.io-client sends the arguments as an array: `emit('join', x)` arrives as `[x]`.
-    let v = match v {
-        Value::Array(a) if a.len() == 1 => &a[0],
-        other => other,
-    };
-    let rooms: Vec<String> = match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map(String::from))
-            .collect::<Option<_>>()?,
-        _ => return None,
-    };
-    (!rooms.is_empty() && rooms.len() <= MAX_ROOMS).then_some(rooms)
-}
-
-fn refusal(code: &str, message: &str) -> Value {
+fn refusal(code: ErrorCode, message: &str) -> Value {
     json!({ "ok": false, "code": code, "error": message })
 }
 
@@ -302,12 +230,11 @@ fn refusal(code: &str, message: &str) -> Value {
 struct Conn {
     socket: SocketRef,
     session: Session,
+    resume: Resume,
     requests: Arc<Requests>,
     /// Cancelled when the client disconnected.
     gone: CancellationToken,
     shutdown: CancellationToken,
-    /// Rooms that already received their resume catch-up.
-    caught_up: HashSet<String>,
     last_sent: Option<Position>,
 }
 
@@ -315,11 +242,6 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self.requests.close();
     }
-}
-
-enum Flow {
-    Continue,
-    Stop,
 }
 
 /// Outcome of one emit.
@@ -335,12 +257,11 @@ impl Conn {
     async fn run(mut self) {
         // The private user room was joined when the session opened: on resume it misses
         // exactly the events up to that moment.
-        if let Some(since) = self.session.resume_point() {
-            let user_room = format!("user:{}", self.session.user.sub);
-            self.caught_up.insert(user_room.clone());
+        if let Some(since) = self.resume.since() {
+            let owed = self.resume.owed([self.session.user.room()]);
             let until = self.session.opened_at();
             // Boxed, like the other rare paths below: keeps the idle per-socket task small.
-            let caught_up = Box::pin(self.catch_up(vec![user_room], since, until)).await;
+            let caught_up = Box::pin(self.catch_up(owed, since, until)).await;
             if let Flow::Stop = caught_up {
                 return;
             }
@@ -350,7 +271,7 @@ impl Conn {
         let shutdown = self.shutdown.clone();
         let requests = self.requests.clone();
         loop {
-            let expiry = super::ws::expiry_sleep(&self.session);
+            let expiry = expiry_sleep(&self.session.user);
             let flow = tokio::select! {
                 biased;
                 // 1. Shutdown: the layer closes every transport; clients reconnect elsewhere.
@@ -364,8 +285,7 @@ impl Conn {
                 }
                 // 4. Token lifetime.
                 _ = expiry => {
-                    let msg = "token expired; reconnect with a new token";
-                    Box::pin(self.close("token_expired", msg.into())).await;
+                    Box::pin(self.close(CloseReason::TokenExpired)).await;
                     Flow::Stop
                 }
                 // 5. join / leave.
@@ -383,7 +303,7 @@ impl Conn {
     }
 
     async fn deliver(&mut self, d: Delivery) -> Flow {
-        if !self.session.is_new(&d) {
+        if !self.resume.is_new(d.event.seq) {
             return Flow::Continue;
         }
         let flow = self.emit_event(&d.event.name, &*d.event.payload).await;
@@ -409,42 +329,38 @@ impl Conn {
             None => json!({ "ok": true, "rooms": joined, "seq": h }),
             Some((room, e)) => json!({
                 "ok": false,
-                "code": e.code(),
+                "code": ErrorCode::from(e),
                 "error": e.to_string(),
                 "room": room,
                 "rooms": joined,
                 "refused": refused.iter().map(|(r, e)| json!({
-                    "room": r, "code": e.code(), "error": e.to_string()
+                    "room": r, "code": ErrorCode::from(e), "error": e.to_string()
                 })).collect::<Vec<_>>(),
                 "seq": h,
             }),
         };
         let _ = ack.send(&answer);
-        let Some(since) = self.session.resume_point() else {
+        let Some(since) = self.resume.since() else {
             return Flow::Continue;
         };
-        let fresh: Vec<String> = joined
-            .into_iter()
-            .filter(|r| self.caught_up.insert(r.clone()))
-            .collect();
-        if fresh.is_empty() {
+        let owed = self.resume.owed(joined);
+        if owed.is_empty() {
             return Flow::Continue;
         }
-        self.catch_up(fresh, since, h).await
+        self.catch_up(owed, since, h).await
     }
 
     fn leave(&mut self, rooms: Vec<String>, ack: AckSender) -> Flow {
-        let user_room = format!("user:{}", self.session.user.sub);
-        if rooms.contains(&user_room) {
+        if rooms.contains(&self.session.user.room()) {
             let _ = ack.send(&refusal(
-                "forbidden",
+                ErrorCode::Forbidden,
                 "your private user room cannot be left",
             ));
             return Flow::Continue;
         }
         for room in &rooms {
             self.session.leave(room);
-            self.caught_up.remove(room);
+            self.resume.forget(room);
         }
         let _ = ack.send(&json!({ "ok": true, "rooms": rooms }));
         Flow::Continue
@@ -453,41 +369,30 @@ impl Conn {
     /// Sends the events in `(since, until]` for `rooms`, page by page, in log order.
     async fn catch_up(&mut self, rooms: Vec<String>, since: Position, until: Position) -> Flow {
         let hub = self.session.hub().clone();
-        let mut after = since;
-        loop {
-            // Boxed: keeps the idle per-socket future small.
-            let page = Box::pin(hub.catch_up_page(&rooms, after, until, CATCH_UP_PAGE)).await;
+        let mut catch_up = CatchUp::new(rooms, since, until);
+        // Boxed: keeps the idle per-socket future small.
+        while let Some(page) = Box::pin(catch_up.next(&hub)).await {
             match page {
-                Ok((events, next)) => {
+                Ok(events) => {
                     for (ev, _) in events {
                         if let Flow::Stop = self.emit_event(&ev.name, &*ev.payload).await {
                             return Flow::Stop;
                         }
                         self.last_sent = Some(ev.seq);
                     }
-                    match next {
-                        Some(n) => after = n,
-                        None => return Flow::Continue,
-                    }
                 }
                 Err(ResumeError::ResyncRequired { since, pruned }) => {
-                    let body = json!({
-                        "since": since,
-                        "oldest": pruned,
-                        "seq": until,
-                        "rooms": rooms,
-                        "message": "events you missed were pruned: refetch your data, then continue from `seq`",
-                    });
-                    return self.emit_event("resync_required", &body).await;
+                    let resync = catch_up.resync(since, pruned);
+                    return self.emit_event("resync_required", &resync).await;
                 }
-                Err(e @ ResumeError::Db(_)) => {
-                    tracing::warn!(error = %e, "Socket.IO resume failed");
-                    let msg = "missed events could not be loaded; reconnect to retry";
-                    self.close("unavailable", msg.into()).await;
+                Err(e @ ResumeError::Unavailable(_)) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "Socket.IO resume failed");
+                    self.close(CloseReason::ResumeFailed).await;
                     return Flow::Stop;
                 }
             }
         }
+        Flow::Continue
     }
 
     async fn emit_event<T: Serialize + ?Sized>(&mut self, name: &str, data: &T) -> Flow {
@@ -550,18 +455,19 @@ impl Conn {
     }
 
     async fn close_too_slow(&mut self) {
-        let message = match self.last_sent {
-            Some(seq) => format!("too slow: reconnect with auth.since = \"{seq}\""),
-            None => "too slow: reconnect with auth.since = <last seq>".to_string(),
-        };
-        self.close("too_slow", message).await;
+        self.close(CloseReason::TooSlow {
+            last_sent: self.last_sent,
+        })
+        .await;
     }
 
     /// Tells the client why (`rowcast:error`), then disconnects it. Both packets need room
     /// in the socket's buffer; a client that never makes room is dropped by the engine.io
     /// heartbeat instead.
-    async fn close(&mut self, code: &str, message: String) {
+    async fn close(&mut self, reason: CloseReason) {
+        let code = reason.code();
         tracing::debug!(session = self.session.id, code, "closing Socket.IO session");
+        let message = reason.message(Transport::SocketIo);
         let body = json!({ "code": code, "message": message, "seq": self.last_sent });
         if let Sent::Closed = self.emit("rowcast:error", &body, false).await {
             return;
@@ -578,84 +484,5 @@ impl Conn {
                 _ = self.shutdown.cancelled() => return,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_request_head_is_copied_unchanged() {
-        let req = axum::http::Request::builder()
-            .uri("/socket.io/?EIO=4&transport=websocket&token=abc")
-            .header("host", "127.0.0.1:8080")
-            .header("x-multi", "one")
-            .header("x-multi", "two")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = req.into_parts();
-        let original = OriginalUri(parts.uri.clone());
-        parts.extensions.insert(original);
-        parts
-            .headers
-            .get_mut("sec-websocket-key")
-            .unwrap()
-            .set_sensitive(true);
-        let before = parts.clone();
-        own_head(&mut parts);
-        assert_eq!(parts.uri, before.uri);
-        assert_eq!(
-            parts.uri.query(),
-            Some("EIO=4&transport=websocket&token=abc")
-        );
-        assert_eq!(parts.extensions.get::<OriginalUri>().unwrap().0, before.uri);
-        assert_eq!(parts.headers, before.headers);
-        let multi: Vec<_> = parts.headers.get_all("x-multi").iter().collect();
-        assert_eq!(multi, ["one", "two"]);
-        assert!(parts.headers["sec-websocket-key"].is_sensitive());
-    }
-
-    /// The point of the copy: nothing in the head still refers to the buffer it was parsed
-    /// from (hyper's read buffer), so the buffer is freed once the request is handled.
-    #[test]
-    fn the_copied_head_does_not_hold_the_read_buffer() {
-        let (path, host) = ("/socket.io/?EIO=4&transport=websocket", "localhost");
-        let mut read_buffer = vec![0u8; 16 * 1024];
-        read_buffer[..path.len()].copy_from_slice(path.as_bytes());
-        read_buffer[path.len()..path.len() + host.len()].copy_from_slice(host.as_bytes());
-        let read_buffer = bytes::Bytes::from(read_buffer);
-        let (mut parts, ()) = axum::http::Request::new(()).into_parts();
-        parts.uri = Uri::from_maybe_shared(read_buffer.slice(..path.len())).unwrap();
-        parts.extensions.insert(OriginalUri(parts.uri.clone()));
-        let host_value = read_buffer.slice(path.len()..path.len() + host.len());
-        let host_value = HeaderValue::from_maybe_shared(host_value).unwrap();
-        parts.headers.insert("host", host_value);
-        assert!(!read_buffer.is_unique());
-        own_head(&mut parts);
-        assert!(
-            read_buffer.is_unique(),
-            "a copied part still refers to the buffer"
-        );
-        assert_eq!(parts.uri, path);
-        assert_eq!(parts.extensions.get::<OriginalUri>().unwrap().0, path);
-        assert_eq!(parts.headers["host"], host);
-    }
-
-    #[test]
-    fn rooms_are_a_name_or_an_array() {
-        assert_eq!(parse_rooms(&json!("tickets")), Some(vec!["tickets".into()]));
-        assert_eq!(
-            parse_rooms(&json!(["tickets"])),
-            Some(vec!["tickets".into()])
-        );
-        assert_eq!(
-            parse_rooms(&json!([["tickets", "kb"]])),
-            Some(vec!["tickets".into(), "kb".into()])
-        );
-        assert_eq!(parse_rooms(&json!([[]])), None);
-        assert_eq!(parse_rooms(&json!([42])), None);
-        assert_eq!(parse_rooms(&json!({"room": "x"})), None);
     }
 }

@@ -1,7 +1,5 @@
 //! Plain polling at `GET /api/changes?rooms=…&since=…&limit=…`: pages of the events the
 //! caller's rooms received after `since`, from the replay buffer or the change log.
-//!
-//! Also the request checks shared with SSE: rooms (ACL, before any event), `since`.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{JoinError, MAX_ROOMS, ResumeError};
-use crate::api::auth::AuthUser;
+use super::{checked_rooms, parse_since};
 use crate::api::{ApiError, AppState};
 use crate::event::Position;
+use crate::hub::ResumeError;
 
 /// Events per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -77,7 +75,7 @@ pub async fn handler(
             });
             return Ok((StatusCode::GONE, axum::Json(body)).into_response());
         }
-        Err(e @ ResumeError::Db(_)) => return Err(ApiError::internal(e)),
+        Err(e @ ResumeError::Unavailable(_)) => return Err(ApiError::internal(e)),
     };
     let polled: Vec<PolledEvent> = events
         .iter()
@@ -94,50 +92,4 @@ pub async fn handler(
         None => (until.max(since), false),
     };
     Ok(axum::Json(json!({ "events": polled, "next": next, "more": more })).into_response())
-}
-
-/// The requested rooms (comma-separated) plus the caller's own `user:<sub>` room, each
-/// allowed by the ACL; the first refused room answers 403 (400 for a malformed name).
-pub fn checked_rooms(
-    app: &AppState,
-    user: &AuthUser,
-    rooms: Option<&str>,
-) -> Result<Vec<String>, ApiError> {
-    let user_room = format!("user:{}", user.sub);
-    let mut out = vec![user_room];
-    for room in rooms.unwrap_or("").split(',').map(str::trim) {
-        if room.is_empty() || out.iter().any(|r| r == room) {
-            continue;
-        }
-        if let Err(e) = app.hub.acl().check(user, room) {
-            let status = match e {
-                JoinError::BadName => StatusCode::BAD_REQUEST,
-                _ => StatusCode::FORBIDDEN,
-            };
-            return Err(ApiError::new(
-                status,
-                e.code(),
-                format!("room {room:?}: {e}"),
-            ));
-        }
-        out.push(room.to_string());
-        if out.len() > MAX_ROOMS {
-            return Err(ApiError::bad_request(format!(
-                "at most {MAX_ROOMS} rooms per request"
-            )));
-        }
-    }
-    Ok(out)
-}
-
-/// An optional `seq` from a query parameter or header named `what`.
-pub fn parse_since(value: Option<&str>, what: &str) -> Result<Option<Position>, ApiError> {
-    value
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<Position>()
-                .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
-        })
-        .transpose()
 }

@@ -8,7 +8,7 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::pgtemp::{PgTemp, PgTempOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,9 @@ pub enum DemoError {
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
-    Schema(#[from] crate::schema::SchemaError),
+    Migrate(#[from] crate::migrate::MigrateError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Run(#[from] crate::server::RunError),
     #[error("cannot listen on {0}: {1}")]
@@ -26,8 +28,8 @@ pub enum DemoError {
 }
 
 /// The demo schema and its sample data.
-pub const HELPDESK_SQL: &str = include_str!("../sql/demo/helpdesk.sql");
-pub const SEED_SQL: &str = include_str!("../sql/demo/seed.sql");
+pub const HELPDESK_SQL: &str = include_str!("../../sql/demo/helpdesk.sql");
+pub const SEED_SQL: &str = include_str!("../../sql/demo/seed.sql");
 
 /// Loads the demo helpdesk schema and sample data into `client`'s database.
 pub async fn load_helpdesk(
@@ -42,7 +44,7 @@ pub async fn load_helpdesk(
 }
 
 pub async fn run(
-    mut config: Config,
+    config: Config,
     listen: SocketAddr,
     workload: bool,
     shutdown: CancellationToken,
@@ -59,11 +61,13 @@ pub async fn run(
         let _ = conn.await;
     });
     load_helpdesk(&client, true).await?;
-    config.database_url = Some(url.clone());
-    if config.jwt.secret.is_none() && config.jwt.public_key_file.is_none() {
-        config.jwt.secret = Some(format!("demo-{}", uuid::Uuid::new_v4().simple()));
+    let mut settings = config.into_settings();
+    settings.database_url = Some(url.clone());
+    if settings.jwt.secret.is_none() && settings.jwt.public_key_file.is_none() {
+        settings.jwt.secret = Some(format!("demo-{}", uuid::Uuid::new_v4().simple()));
     }
-    crate::schema::migrate(&mut client, &config).await?;
+    let config = settings.validate()?;
+    crate::migrate::migrate(&mut client, &config.tables, &config.capture).await?;
     let auth = crate::api::auth::Authenticator::from_config(&config.jwt)
         .map_err(crate::server::RunError::from)?;
     let listener = match tokio::net::TcpListener::bind(listen).await {

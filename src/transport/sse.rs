@@ -15,20 +15,18 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::poll::{checked_rooms, parse_since};
-use super::{ResumeError, Session, Transport};
+use super::{StreamQuery, checked_rooms, expiry_sleep, parse_since};
 use crate::api::{ApiError, AppState};
 use crate::event::{Position, SharedEvent};
-
-/// Events per catch-up page.
-const CATCH_UP_PAGE: usize = 500;
+use crate::hub::{ResumeError, Session, Transport};
+use crate::protocol::{CatchUp, CloseReason, Resume};
 
 /// `GET /events`: authenticates (401), checks every room (403) and `since` /
 /// `Last-Event-ID` (400; the header wins), then streams what the rooms missed since then,
 /// a `ready` event (`id` = the position live events continue from), and live events.
 pub async fn handler(
     State(app): State<AppState>,
-    Query(q): Query<super::StreamQuery>,
+    Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user = app.auth.authenticate(&headers, q.token.as_deref())?;
@@ -50,11 +48,16 @@ pub async fn handler(
         // The ACL passed a moment ago; only a session limit can refuse here.
         return Err(ApiError::forbidden(e.to_string()));
     }
+    // Every room is caught up to `until` together (or, without `since`, starts there): live
+    // deliveries at or before it are not new.
+    let mut resume = Resume::new(since);
+    resume.skip_through(until);
     let mut conn = Conn {
         session,
+        resume,
         shutdown: app.shutdown.clone(),
         pending: VecDeque::new(),
-        catch_up: since.map(|s| (s, until)),
+        catch_up: since.map(|s| CatchUp::new(rooms.clone(), s, until)),
         rooms,
         live_after: until,
         ended: false,
@@ -67,20 +70,20 @@ pub async fn handler(
         Some((Ok::<_, Infallible>(ev), conn))
     });
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(app.config.hub.ping_interval))
+        .keep_alive(KeepAlive::new().interval(app.hub.config().ping_interval))
         .into_response())
 }
 
 struct Conn {
     session: Session,
+    resume: Resume,
     shutdown: CancellationToken,
     /// Events ready to go out.
     pending: VecDeque<SseEvent>,
-    /// Resume still to serve: `(after, until]`.
-    catch_up: Option<(Position, Position)>,
+    /// Resume still to serve.
+    catch_up: Option<CatchUp>,
     rooms: Vec<String>,
-    /// Live deliveries at or before this position were served by the catch-up (or precede
-    /// the `ready` event of a fresh stream).
+    /// Where live events begin: the `ready` event's position.
     live_after: Position,
     ended: bool,
 }
@@ -95,28 +98,24 @@ impl Conn {
             if self.ended {
                 return None;
             }
-            if let Some((after, until)) = self.catch_up.take() {
-                self.catch_up_page(after, until).await;
+            if let Some(catch_up) = self.catch_up.take() {
+                self.catch_up_page(catch_up).await;
                 continue;
             }
-            let expiry = super::ws::expiry_sleep(&self.session);
+            let expiry = expiry_sleep(&self.session.user);
             tokio::select! {
                 biased;
                 // 1. Shutdown: the client reconnects (elsewhere) with Last-Event-ID.
-                _ = self.shutdown.cancelled() => {
-                    self.end("shutting_down", "server shutting down; reconnect".into());
-                }
+                _ = self.shutdown.cancelled() => self.end(CloseReason::ShuttingDown),
                 // 2. Too slow: the hub dropped us from every room.
                 _ = self.session.kicked.cancelled() => {
-                    self.end("too_slow", "too slow: reconnect with Last-Event-ID".into());
+                    self.end(CloseReason::TooSlow { last_sent: None });
                 }
                 // 3. Token lifetime.
-                _ = expiry => {
-                    self.end("token_expired", "token expired; reconnect with a new token".into());
-                }
+                _ = expiry => self.end(CloseReason::TokenExpired),
                 // 4. Live events.
                 d = self.session.rx.next() => {
-                    if self.session.is_new(&d) && d.event.seq > self.live_after {
+                    if self.resume.is_new(d.event.seq) {
                         self.pending.push_back(event(&d.event));
                     }
                 }
@@ -124,41 +123,28 @@ impl Conn {
         }
     }
 
-    async fn catch_up_page(&mut self, after: Position, until: Position) {
+    /// Queues the next page of the catch-up; after the last one, the `ready` event.
+    async fn catch_up_page(&mut self, mut catch_up: CatchUp) {
         let hub = self.session.hub().clone();
-        match hub
-            .catch_up_page(&self.rooms, after, until, CATCH_UP_PAGE)
-            .await
-        {
-            Ok((events, next)) => {
+        match catch_up.next(&hub).await {
+            None => self.push_ready(),
+            Some(Ok(events)) => {
                 self.pending.extend(events.iter().map(|(ev, _)| event(ev)));
-                match next {
-                    Some(n) => self.catch_up = Some((n, until)),
-                    None => self.push_ready(),
-                }
+                self.catch_up = Some(catch_up);
             }
-            Err(ResumeError::ResyncRequired { since, pruned }) => {
-                let body = json!({
-                    "since": since,
-                    "oldest": pruned,
-                    "seq": until,
-                    "rooms": self.rooms,
-                    "message": "events you missed were pruned: refetch your data; this stream continues from `seq`",
-                });
+            Some(Err(ResumeError::ResyncRequired { since, pruned })) => {
+                let resync = catch_up.resync(since, pruned);
                 self.pending.push_back(
                     SseEvent::default()
-                        .id(until.to_string())
+                        .id(catch_up.until().to_string())
                         .event("resync_required")
-                        .data(body.to_string()),
+                        .data(serde_json::to_string(&resync).expect("resync serializes")),
                 );
                 self.push_ready();
             }
-            Err(e @ ResumeError::Db(_)) => {
-                tracing::warn!(error = %e, "SSE resume failed");
-                self.end(
-                    "unavailable",
-                    "missed events could not be loaded; reconnect to retry".into(),
-                );
+            Some(Err(e @ ResumeError::Unavailable(_))) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "SSE resume failed");
+                self.end(CloseReason::ResumeFailed);
             }
         }
     }
@@ -181,8 +167,8 @@ impl Conn {
     }
 
     /// Queues a `rowcast:error` event and ends the stream after it.
-    fn end(&mut self, code: &str, message: String) {
-        let body = json!({ "code": code, "message": message });
+    fn end(&mut self, reason: CloseReason) {
+        let body = json!({ "code": reason.code(), "message": reason.message(Transport::Sse) });
         self.pending.push_back(
             SseEvent::default()
                 .event("rowcast:error")

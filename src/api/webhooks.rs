@@ -15,9 +15,10 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{deliveries, endpoints};
-use crate::api::auth::AuthUser;
-use crate::api::{ApiError, AppState};
+use super::{ApiError, AppState};
+use crate::event::User;
+use crate::webhook::deliveries::{self, DeliveryStatus};
+use crate::webhook::endpoints;
 
 /// Routes of the webhook API.
 pub fn routes() -> Router<AppState> {
@@ -37,11 +38,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/webhooks/{id}/rotate", post(rotate_endpoint))
 }
 
-fn user(app: &AppState, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+fn user(app: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
     Ok(app.auth.authenticate(headers, None)?)
 }
 
-fn admin(app: &AppState, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+fn admin(app: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
     let u = user(app, headers)?;
     if !u.is_admin() {
         return Err(ApiError::forbidden(
@@ -82,7 +83,7 @@ async fn checked_url(app: &AppState, url: &str) -> Result<String, ApiError> {
     Ok(parsed.to_string())
 }
 
-fn db(e: impl std::fmt::Display) -> ApiError {
+fn db(e: impl std::error::Error + 'static) -> ApiError {
     ApiError::internal(e)
 }
 
@@ -197,7 +198,7 @@ struct DeliveryQuery {
 }
 
 /// Admins see every endpoint's deliveries; users their own endpoint's.
-fn owner(u: &AuthUser) -> Option<&str> {
+fn owner(u: &User) -> Option<&str> {
     (!u.is_admin()).then_some(u.sub.as_str())
 }
 
@@ -208,27 +209,22 @@ async fn list_deliveries(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let u = user(&app, &headers)?;
     let Query(q) = q.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    if let Some(s) = &q.status
-        && !["pending", "delivered", "failed"].contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "status {s:?} is not one of pending, delivered, failed"
-        )));
-    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status {s:?} is not one of pending, delivered, failed"
+            ))
+        })?),
+    };
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
     let client = app.pool.get().await.map_err(db)?;
-    let list = deliveries::list(
-        &**client,
-        owner(&u),
-        q.status.as_deref(),
-        q.endpoint_id,
-        limit,
-    )
-    .await
-    .map_err(db)?;
+    let list = deliveries::list(&**client, owner(&u), status, q.endpoint_id, limit)
+        .await
+        .map_err(db)?;
     Ok(Json(json!({ "deliveries": list })))
 }
 
@@ -392,7 +388,7 @@ async fn rotate_endpoint(
 ) -> Result<Json<endpoints::Endpoint>, ApiError> {
     admin(&app, &headers)?;
     let id = uuid(&id)?;
-    let grace = app.config.webhook.secret_grace.as_secs_f64();
+    let grace = app.webhooks.secret_grace.as_secs_f64();
     let client = app.pool.get().await.map_err(db)?;
     endpoints::rotate(&**client, id, grace)
         .await

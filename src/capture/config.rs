@@ -1,0 +1,94 @@
+//! Capture's configuration section (`[capture]`, `ROWCAST_CAPTURE_*`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where capture reads changes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Row triggers write each change to `rowcast.changes` in the application's transaction.
+    Triggers,
+    /// A logical replication slot (`pgoutput`): the application's transactions write nothing
+    /// extra; rowcast appends the decoded changes to `rowcast.changes` in batches.
+    Logical,
+}
+
+impl CaptureMode {
+    /// The name used in configuration files and `ROWCAST_CAPTURE_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Triggers => "triggers",
+            CaptureMode::Logical => "logical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// How changes are captured: `triggers` (row triggers append to `rowcast.changes`) or
+    /// `logical` (logical decoding of the WAL through a replication slot; needs
+    /// `wal_level = logical` and a role with REPLICATION).
+    pub mode: CaptureMode,
+    /// Replication slot used by `logical` mode (created by `rowcast migrate`).
+    pub slot: String,
+    /// Publication used by `logical` mode (created by `rowcast migrate`).
+    pub publication: String,
+    /// Most change-log rows read and enriched at once.
+    pub batch_size: i64,
+    /// Poll interval while changes keep arriving.
+    #[serde(with = "humantime_serde")]
+    pub active_poll: Duration,
+    /// Quiet time after which capture parks and waits for a NOTIFY wake-up.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// Safety poll while parked (a NOTIFY can be lost; the log cannot).
+    #[serde(with = "humantime_serde")]
+    pub idle_poll: Duration,
+    /// `/readyz` fails when the oldest unconsumed change is older than this.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            mode: CaptureMode::Triggers,
+            slot: "rowcast".into(),
+            publication: "rowcast".into(),
+            batch_size: 1000,
+            active_poll: Duration::from_millis(5),
+            idle_after: Duration::from_millis(500),
+            idle_poll: Duration::from_secs(1),
+            max_lag: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// What is wrong with this section, if anything.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (what, name) in [
+            ("capture.slot", &self.slot),
+            ("capture.publication", &self.publication),
+        ] {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                problems.push(format!(
+                    "{what} {name:?} must be 1-63 lowercase letters, digits or _"
+                ));
+            }
+        }
+        if self.batch_size < 1 || self.batch_size > 100_000 {
+            problems.push("capture.batch_size must be between 1 and 100000".into());
+        }
+        problems
+    }
+}

@@ -1,0 +1,277 @@
+//! Logical capture (`capture.mode = "logical"`): the sequencer replica streams the
+//! replication slot (`pgoutput`, the publication lists only key columns) and appends each
+//! committed transaction's changes to `rowcast.changes`, `seq` included, in batches. The
+//! application's transactions write nothing extra; deletes (and key changes) carry their old
+//! row through a transactional `pg_logical_emit_message` from a small trigger that fires
+//! only on those.
+//!
+//! Exactly once: the batch insert and the slot position (`rowcast.slot_positions`, read
+//! `FOR UPDATE`) commit together, and transactions at or before the stored position are
+//! skipped. The slot is acknowledged only after that commit, so a crash in between replays
+//! the transactions and the stored position drops them.
+//!
+//! A transaction larger than `capture.batch_size` is not held until its commit message:
+//! its changes are written in chunks inside one database transaction that commits with
+//! the slot position once the commit arrives (a crash rolls all of it back). Deletes written
+//! before their old row came get it by `seq` in the same transaction.
+mod chunked;
+mod decode;
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use pg_walstream::protocol::LogicalReplicationParser;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use super::CaptureConfig;
+use crate::catalog::Catalog;
+use crate::changelog::{self, MESSAGE_PREFIX, NewChange, SEQUENCED_CHANNEL};
+use chunked::Large;
+pub use decode::{Decoded, Decoder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogicalError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("replication: {0}")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error("pgoutput: {0}")]
+    Decode(String),
+    #[error("replication connection: {0}")]
+    Config(#[from] crate::db::UrlError),
+    #[error("the replication stream ended")]
+    Ended,
+}
+
+impl crate::retry::Retryable for LogicalError {
+    /// Decoding failures (a publication without the key column) and bad connection
+    /// settings need an operator; so do refusals by the server of the kinds that mean the
+    /// setup is wrong (a missing slot or publication, no REPLICATION privilege, bad
+    /// credentials). A lost connection or an ended stream passes.
+    fn is_retryable(&self) -> bool {
+        use pgwire_replication::PgWireError;
+        match self {
+            LogicalError::Db(e) => e.is_retryable(),
+            LogicalError::Decode(_) | LogicalError::Config(_) => false,
+            LogicalError::Replication(PgWireError::Auth(_) | PgWireError::Tls(_)) => false,
+            LogicalError::Replication(PgWireError::Server(m)) => {
+                !["SQLSTATE 42", "SQLSTATE 28", "SQLSTATE 55000"]
+                    .iter()
+                    .any(|c| m.contains(c))
+            }
+            LogicalError::Replication(_) | LogicalError::Ended => true,
+        }
+    }
+}
+
+impl Decoded {
+    /// The change as appended to the log, committed at `at`.
+    fn at(self, at: OffsetDateTime) -> NewChange {
+        NewChange {
+            at,
+            op: self.op,
+            table: self.table,
+            pk: self.pk,
+            old: self.old,
+        }
+    }
+}
+
+/// Decoded transactions waiting to be written, with the end position of the last one.
+#[derive(Default)]
+struct Pending {
+    /// (commit end LSN, commit time, changes) per transaction, in commit order.
+    txns: Vec<(u64, OffsetDateTime, Vec<Decoded>)>,
+    changes: usize,
+}
+
+/// Streams the slot into `rowcast.changes` until an error. Runs on the sequencer replica
+/// only (the caller holds the sequencer lock); `wake` is poked after every written batch.
+pub struct SlotConsumer {
+    pub config: CaptureConfig,
+    pub database_url: String,
+    pub tls: crate::db::Tls,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub catalog: Arc<Catalog>,
+    pub wake: Arc<Notify>,
+}
+
+impl SlotConsumer {
+    pub async fn run(self) -> Result<(), LogicalError> {
+        let (mut client, connection) =
+            tokio_postgres::connect(&self.database_url, self.tls.clone()).await?;
+        let driver = tokio::spawn(connection);
+        let _driver = super::AbortOnDrop(tokio::spawn(async move {
+            let _ = driver.await;
+        }));
+        let stored = changelog::stored_position(&client, &self.config.slot).await?;
+        let mut repl = ReplicationClient::connect(self.replication_config()?).await?;
+        repl.wait_started().await?;
+        tracing::info!(slot = %self.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
+        let mut parser = LogicalReplicationParser::with_protocol_version(1);
+        let mut decoder = Decoder::new(self.catalog.clone());
+        let mut pending = Pending::default();
+        let mut commit_time = OffsetDateTime::now_utc();
+        let mut open = false;
+        // A transaction too large to hold until its commit (`batch` changes buffered):
+        // written in chunks inside one database transaction, committed with the slot
+        // position when its commit arrives.
+        let mut large: Option<Large> = None;
+        let mut final_lsn = 0u64;
+        let batch = self.config.batch_size.max(1) as usize;
+        loop {
+            // Write what is decoded as soon as the stream has nothing more ready right now
+            // (or a batch is full); otherwise wait for the next event.
+            let event = if !open && pending.changes > 0 {
+                match repl.recv().now_or_never() {
+                    Some(ev) if pending.changes < batch => ev?,
+                    Some(ev) => {
+                        self.write(&mut client, &mut pending, &repl).await?;
+                        ev?
+                    }
+                    None => {
+                        self.write(&mut client, &mut pending, &repl).await?;
+                        continue;
+                    }
+                }
+            } else {
+                repl.recv().await?
+            };
+            let Some(event) = event else {
+                return Err(LogicalError::Ended);
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    commit_time_micros,
+                    final_lsn: lsn,
+                    ..
+                } => {
+                    open = true;
+                    decoder.begin();
+                    commit_time = pg_time(commit_time_micros);
+                    final_lsn = lsn.as_u64();
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let msg = parser
+                        .parse_wal_message_bytes(data)
+                        .map_err(|e| LogicalError::Decode(e.to_string()))?;
+                    decoder.message(msg.message)?;
+                }
+                ReplicationEvent::Message {
+                    transactional: true,
+                    prefix,
+                    content,
+                    ..
+                } if prefix == MESSAGE_PREFIX => decoder.old_row(&content)?,
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::Commit { end_lsn, .. } if large.is_some() => {
+                    open = false;
+                    let l = large.take().expect("checked by the guard");
+                    self.finish_large(&client, l, &mut decoder, commit_time, end_lsn.as_u64())
+                        .await?;
+                    repl.update_applied_lsn(end_lsn);
+                    continue;
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    open = false;
+                    let (changes, fixes) = decoder.commit();
+                    debug_assert!(fixes.is_empty(), "fixes come only from written chunks");
+                    if changes.is_empty() {
+                        if pending.txns.is_empty() {
+                            repl.update_applied_lsn(end_lsn);
+                        }
+                        continue;
+                    }
+                    pending.changes += changes.len();
+                    pending.txns.push((end_lsn.as_u64(), commit_time, changes));
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // Everything before the server's position has been received: with
+                    // nothing in flight, the slot may move there (WAL is not retained).
+                    if !open && pending.txns.is_empty() {
+                        repl.update_applied_lsn(wal_end);
+                    }
+                }
+                ReplicationEvent::StoppedAt { .. } => return Err(LogicalError::Ended),
+            }
+            if open && decoder.buffered() >= batch {
+                if large.is_none() {
+                    // Earlier transactions first, each with its own position.
+                    self.write(&mut client, &mut pending, &repl).await?;
+                    large = Some(self.start_large(&client, final_lsn).await?);
+                }
+                let l = large.as_mut().expect("just set");
+                self.write_chunk(&client, l, &mut decoder, commit_time)
+                    .await?;
+            }
+        }
+    }
+
+    /// Appends the pending transactions (those after the stored position) to the log with
+    /// their `seq`, moves the stored position, announces them, then acknowledges the slot.
+    async fn write(
+        &self,
+        client: &mut tokio_postgres::Client,
+        pending: &mut Pending,
+        repl: &ReplicationClient,
+    ) -> Result<(), LogicalError> {
+        let Some(&(last_lsn, _, _)) = pending.txns.last() else {
+            return Ok(());
+        };
+        let tx = client.transaction().await?;
+        let stored = changelog::lock_position(&tx, &self.config.slot).await?;
+        let rows = pending
+            .txns
+            .drain(..)
+            .filter(|(lsn, _, _)| *lsn as i64 > stored)
+            .flat_map(|(_, time, changes)| changes.into_iter().map(move |c| c.at(time)));
+        let n = changelog::append(&tx, rows).await?.len();
+        pending.changes = 0;
+        if n > 0 {
+            tx.batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}"))
+                .await?;
+        }
+        if last_lsn as i64 > stored {
+            changelog::store_position(&tx, &self.config.slot, last_lsn).await?;
+        }
+        tx.commit().await?;
+        repl.update_applied_lsn(Lsn::from_u64(last_lsn));
+        metrics::counter!("rowcast_capture_decoded_changes_total").increment(n as u64);
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn replication_config(&self) -> Result<ReplicationConfig, LogicalError> {
+        crate::db::replication_config(
+            &self.database_url,
+            self.ca_file.as_deref(),
+            &self.config.slot,
+            &self.config.publication,
+        )
+        .map_err(LogicalError::from)
+    }
+}
+
+/// PostgreSQL's timestamps count microseconds from 2000-01-01.
+fn pg_time(micros: i64) -> OffsetDateTime {
+    const PG_EPOCH_UNIX: i64 = 946_684_800;
+    OffsetDateTime::from_unix_timestamp_nanos(
+        (PG_EPOCH_UNIX as i128) * 1_000_000_000 + (micros as i128) * 1_000,
+    )
+    .unwrap_or_else(|_| OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_times_count_from_2000() {
+        assert_eq!(pg_time(0).unix_timestamp(), 946_684_800);
+        assert_eq!(pg_time(1_000_000).unix_timestamp(), 946_684_801);
+    }
+}

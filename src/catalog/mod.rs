@@ -1,0 +1,218 @@
+//! The table mapping: which tables rowcast captures, what their events are called, which
+//! rooms they go to, which columns never leave rowcast, and who may join which room.
+//!
+//! [`TableConfig`] and [`RoomConfig`] are what the configuration file says; [`resolve`]
+//! checks them against the live database and yields a [`Catalog`] of [`TableSpec`]s with
+//! their keys, columns and room templates parsed once. Everything downstream (capture,
+//! routing, resume, webhooks) reads the catalog, never the raw configuration.
+
+mod resolve;
+mod template;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use resolve::{Catalog, KeyColumn, TableSpec, quote_ident, resolve, split_name};
+pub use template::{RoomTemplate, TemplateError, scalar_text};
+
+/// What a captured table is to rowcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    /// Events `<entity>.update` to the entity's rooms.
+    #[default]
+    Entity,
+    /// Events `notification` to `user:<recipient>`, carrying the related entity.
+    Notification,
+}
+
+/// One `[[tables]]` entry of the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Table name, optionally schema-qualified (`public.tickets`).
+    pub table: String,
+    /// Entity name used in event names (`ticket` → `ticket.update`).
+    pub entity: String,
+    #[serde(default)]
+    pub kind: TableKind,
+    /// Room every event of this table goes to (entity tables).
+    #[serde(default)]
+    pub room: Option<String>,
+    /// Further rooms built from the row, e.g. `tickets:{ticket_id}`.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// Columns that never leave rowcast.
+    #[serde(default)]
+    pub hidden: Vec<String>,
+    /// Key columns; default: the primary key.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Notifications: column holding the recipient user id.
+    #[serde(default)]
+    pub recipient_column: Option<String>,
+    /// Notifications: column naming the related entity (`comment`, `ticket`, …).
+    #[serde(default)]
+    pub related_type_column: Option<String>,
+    /// Notifications: column holding the related entity's key.
+    #[serde(default)]
+    pub related_id_column: Option<String>,
+}
+
+impl TableConfig {
+    /// The room templates as written: `room` first, then `rooms`.
+    pub fn room_templates(&self) -> impl Iterator<Item = &String> {
+        self.room.iter().chain(&self.rooms)
+    }
+}
+
+/// One `[rooms.<name>]` entry: who may join the room (or every room matching `prefix:*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    /// Roles allowed to join; `*` means every signed-in user.
+    pub roles: Vec<String>,
+}
+
+/// Checks the table mapping and room allow-lists on their own (no database); every problem
+/// is listed.
+pub fn validate(tables: &[TableConfig], rooms: &BTreeMap<String, RoomConfig>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut entities = std::collections::HashSet::new();
+    for t in tables {
+        let at = format!("table {}", t.table);
+        if !is_ident_path(&t.table) {
+            problems.push(format!("{at}: not a valid table name"));
+        }
+        if !entities.insert(t.entity.clone()) {
+            problems.push(format!("{at}: entity name {} is used twice", t.entity));
+        }
+        if t.entity.is_empty()
+            || !t
+                .entity
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            problems.push(format!("{at}: entity must be letters, digits or _"));
+        }
+        for c in t.hidden.iter().chain(&t.key) {
+            if !is_ident(c) {
+                problems.push(format!("{at}: {c:?} is not a valid column name"));
+            }
+        }
+        match t.kind {
+            TableKind::Entity => {
+                if t.room.is_none() && t.rooms.is_empty() {
+                    problems.push(format!("{at}: an entity table needs `room` or `rooms`"));
+                }
+            }
+            TableKind::Notification => {
+                if t.recipient_column.is_none() {
+                    problems.push(format!(
+                        "{at}: a notification table needs `recipient_column`"
+                    ));
+                }
+                if t.related_type_column.is_some() != t.related_id_column.is_some() {
+                    problems.push(format!(
+                        "{at}: set both `related_type_column` and `related_id_column`, or neither"
+                    ));
+                }
+            }
+        }
+        for r in t.room_templates() {
+            if let Err(e) = RoomTemplate::parse(r) {
+                problems.push(format!("{at}: room {r:?}: {e}"));
+            }
+        }
+    }
+    for (room, rc) in rooms {
+        if room.starts_with("user:") {
+            problems.push(format!(
+                "rooms.{room}: user rooms are private to their user and cannot be configured"
+            ));
+        }
+        if rc.roles.is_empty() {
+            problems.push(format!("rooms.{room}: roles is empty (nobody could join)"));
+        }
+    }
+    problems
+}
+
+fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn is_ident_path(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| is_ident(p))
+}
+
+/// The demo helpdesk mapping: what rowcast captures when the file names no tables.
+pub fn default_tables() -> Vec<TableConfig> {
+    let entity =
+        |table: &str, entity: &str, room: &str, rooms: &[&str], hidden: &[&str]| TableConfig {
+            table: format!("public.{table}"),
+            entity: entity.into(),
+            kind: TableKind::Entity,
+            room: Some(room.into()),
+            rooms: rooms.iter().map(|s| s.to_string()).collect(),
+            hidden: hidden.iter().map(|s| s.to_string()).collect(),
+            key: Vec::new(),
+            recipient_column: None,
+            related_type_column: None,
+            related_id_column: None,
+        };
+    vec![
+        entity("tickets", "ticket", "tickets", &["tickets:{id}"], &[]),
+        entity(
+            "comments",
+            "comment",
+            "comments",
+            &["tickets:{ticket_id}"],
+            &[],
+        ),
+        entity("users", "user", "users", &[], &["password_hash"]),
+        entity("kb_articles", "kb", "kb", &[], &[]),
+        entity(
+            "attachments",
+            "attachment",
+            "attachments",
+            &["tickets:{ticket_id}"],
+            &[],
+        ),
+        TableConfig {
+            table: "public.notifications".into(),
+            entity: "notification".into(),
+            kind: TableKind::Notification,
+            room: None,
+            rooms: Vec::new(),
+            hidden: Vec::new(),
+            key: Vec::new(),
+            recipient_column: Some("user_id".into()),
+            related_type_column: Some("related_type".into()),
+            related_id_column: Some("related_id".into()),
+        },
+    ]
+}
+
+/// The demo helpdesk allow-lists.
+pub fn default_rooms() -> BTreeMap<String, RoomConfig> {
+    let staff = || RoomConfig {
+        roles: vec!["agent".into(), "admin".into()],
+    };
+    let mut rooms = BTreeMap::new();
+    for r in ["tickets", "tickets:*", "comments", "attachments", "users"] {
+        rooms.insert(r.to_string(), staff());
+    }
+    rooms.insert(
+        "kb".into(),
+        RoomConfig {
+            roles: vec!["*".into()],
+        },
+    );
+    rooms
+}

@@ -1,0 +1,113 @@
+//! The capture triggers: one `SECURITY DEFINER` function per captured table, generated
+//! with its key and hidden columns written in.
+
+use crate::capture::CaptureMode;
+use crate::catalog::{TableSpec, quote_ident};
+use crate::changelog::{MESSAGE_PREFIX, WAKE_CHANNEL};
+
+/// Trigger name installed on every captured table.
+pub const TRIGGER: &str = "rowcast_capture";
+
+pub(super) fn function_name(table: &str) -> String {
+    format!("capture_{}", table.replace('.', "__"))
+}
+
+/// The trigger function for one table, generated with its key and hidden columns written
+/// in: no dynamic SQL, no whole-row JSON except for deletes, and `pg_notify` only while a
+/// consumer is parked (see `capture`). Every name is schema-qualified because the function
+/// is `SECURITY DEFINER` (the application's role needs no rights on the rowcast schema).
+///
+/// In logical mode the WAL carries inserts and updates; the trigger fires only on deletes
+/// and key-changing updates, to put the old row (hidden columns removed) into the stream
+/// as a transactional logical message.
+pub fn trigger_sql(spec: &TableSpec, mode: CaptureMode) -> String {
+    let func = format!("rowcast.{}", quote_ident(&function_name(&spec.name)));
+    let key = |rec: &str| {
+        let cols: Vec<String> = spec
+            .key
+            .iter()
+            .map(|k| format!("{rec}.{}", quote_ident(&k.name)))
+            .collect();
+        cols.join(", ")
+    };
+    let hidden: Vec<String> = spec
+        .config
+        .hidden
+        .iter()
+        .map(|h| h.replace('\'', "''"))
+        .collect();
+    let old_row = if hidden.is_empty() {
+        "pg_catalog.to_jsonb(OLD)".to_string()
+    } else {
+        format!(
+            "pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) '{{{}}}'::text[]",
+            hidden.join(",")
+        )
+    };
+    let name = spec.name.replace('\'', "''");
+    if mode == CaptureMode::Logical {
+        let key_cols: Vec<String> = spec.key.iter().map(|k| quote_ident(&k.name)).collect();
+        return format!(
+            r#"
+CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $rowcast$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    IF ROW({old_key}) IS NOT DISTINCT FROM ROW({new_key}) THEN
+      RETURN NULL;
+    END IF;
+  END IF;
+  PERFORM pg_catalog.pg_logical_emit_message(true, '{prefix}',
+    pg_catalog.jsonb_build_object('t', '{name}', 'old', {old_row})::text);
+  RETURN NULL;
+END
+$rowcast$;
+REVOKE ALL ON FUNCTION {func}() FROM PUBLIC;
+CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE OR UPDATE OF {key_cols} ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {func}();
+"#,
+            old_key = key("OLD"),
+            new_key = key("NEW"),
+            key_cols = key_cols.join(", "),
+            table = spec.quoted,
+            prefix = MESSAGE_PREFIX,
+        );
+    }
+    format!(
+        r#"
+CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $rowcast$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    IF ROW({old_key}) IS DISTINCT FROM ROW({new_key}) THEN
+      INSERT INTO rowcast.changes (op, tbl, pk, old)
+      VALUES ('d', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
+      INSERT INTO rowcast.changes (op, tbl, pk)
+      VALUES ('i', '{name}', pg_catalog.jsonb_build_array({new_key}));
+    ELSE
+      INSERT INTO rowcast.changes (op, tbl, pk)
+      VALUES ('u', '{name}', pg_catalog.jsonb_build_array({new_key}));
+    END IF;
+  ELSIF TG_OP = 'INSERT' THEN
+    INSERT INTO rowcast.changes (op, tbl, pk)
+    VALUES ('i', '{name}', pg_catalog.jsonb_build_array({new_key}));
+  ELSE
+    INSERT INTO rowcast.changes (op, tbl, pk, old)
+    VALUES ('d', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
+  END IF;
+  IF pg_catalog.pg_sequence_last_value('rowcast.parked_until'::pg_catalog.regclass)
+       OPERATOR(pg_catalog.>) pg_catalog.date_part('epoch', pg_catalog.now()) THEN
+    PERFORM pg_catalog.pg_notify('{WAKE_CHANNEL}', '');
+  END IF;
+  RETURN NULL;
+END
+$rowcast$;
+REVOKE ALL ON FUNCTION {func}() FROM PUBLIC;
+CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {func}();
+"#,
+        old_key = key("OLD"),
+        new_key = key("NEW"),
+        table = spec.quoted,
+    )
+}
