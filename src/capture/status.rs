@@ -37,6 +37,8 @@ pub struct CaptureHealth {
     pub capture_lag_seconds: f64,
     pub max_lag_seconds: f64,
     pub position: Position,
+    /// Trigger mode: the sequencer of this replica is parked (capture triggers NOTIFY it).
+    pub capture_parked: bool,
     /// Why capture cannot work until the operator acts, if it cannot.
     pub capture_problem: Option<String>,
 }
@@ -117,6 +119,7 @@ impl CaptureStatus {
             capture_lag_seconds: self.lag().as_secs_f64(),
             max_lag_seconds: self.max_lag.as_secs_f64(),
             position: self.position(),
+            capture_parked: self.is_parked(),
             capture_problem: self
                 .problem
                 .lock()

@@ -118,20 +118,14 @@ async fn notify_only_while_parked() {
         }
     });
     listener.batch_execute("LISTEN rowcast_wake").await.unwrap();
+    // Wait until the sequencer is parked and settled: from then on only a NOTIFY (or the
+    // 10 s safety poll) wakes it.
+    let ready = format!("{}/readyz", server.http());
     support::eventually(10, || async {
-        let n: i64 = pg
-            .query_one(
-                "SELECT count(*) FROM (SELECT pg_sequence_last_value('rowcast.parked_until')) p(v)
-                  WHERE v > extract(epoch FROM now())",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n == 1).then_some(())
+        let body: serde_json::Value = reqwest::get(&ready).await.ok()?.json().await.ok()?;
+        (body["capture_parked"] == true).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // settle past the arming horizon
     let t0 = Instant::now();
     pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[])
         .await
@@ -199,8 +193,10 @@ async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Sett
         .await
         .unwrap();
     }
-    // Rows are loaded as they are when each replica enriches, so the data may differ
-    // (both converge); the seqs and keys may not.
+    // Each replica coalesces the changes of one row within the batches it happens to read,
+    // so the two may deliver different subsets of the seqs; but every seq either delivers
+    // names the change the log has at that seq, in order, and both end at the last change
+    // of every row.
     let last: i64 = support::eventually(10, || async {
         let r = pg
             .query_one(
@@ -212,24 +208,41 @@ async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Sett
         (r.get::<_, i64>(0) == 0 && r.get::<_, i64>(2) >= 20).then(|| r.get::<_, i64>(1))
     })
     .await;
-    let mut seqs_a = Vec::new();
-    let mut seqs_b = Vec::new();
-    for (client, seqs) in [(&mut ca, &mut seqs_a), (&mut cb, &mut seqs_b)] {
+    let log: std::collections::HashMap<i64, serde_json::Value> = pg
+        .query(
+            "SELECT seq, pk->0 FROM rowcast.changes WHERE seq IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut last_of_row = std::collections::BTreeMap::new();
+    for (seq, id) in &log {
+        let e = last_of_row.entry(id.to_string()).or_insert(*seq);
+        *e = (*e).max(*seq);
+    }
+    for client in [&mut ca, &mut cb] {
+        let mut prev = 0i64;
+        let mut ends = std::collections::BTreeMap::new();
         loop {
             let e = client.next_event().await;
-            seqs.push((
-                e["seq"].as_str().unwrap().to_string(),
-                e["payload"]["id"].clone(),
-            ));
-            if e["seq"].as_str().unwrap().parse::<i64>().unwrap() >= last {
+            let seq: i64 = e["seq"].as_str().unwrap().parse().unwrap();
+            assert!(seq > prev, "in log order: {seq} after {prev}");
+            prev = seq;
+            assert_eq!(
+                log.get(&seq),
+                Some(&e["payload"]["id"]),
+                "seq {seq} names the change the log has at that seq"
+            );
+            ends.insert(e["payload"]["id"].to_string(), seq);
+            if seq >= last {
                 break;
             }
         }
+        assert_eq!(ends, last_of_row, "every row ends at its last change");
     }
-    assert_eq!(
-        seqs_a, seqs_b,
-        "both replicas deliver the same events with the same seqs"
-    );
     let leaders: i64 = pg
         .query_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
@@ -255,4 +268,59 @@ async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Sett
         }
     }
     b.stop().await;
+}
+
+/// A change-log row rowcast cannot read (an unknown op code) is counted, logged once and
+/// passed: capture moves past it at once instead of reading it again forever, and the
+/// changes after it are delivered.
+#[tokio::test]
+async fn a_malformed_log_row_is_counted_once_and_passed() {
+    use crate::support::binary::{Rowcast, readyz, scrape, value};
+    let db = support::Db::start().await;
+    db.migrate(&db.config()).await;
+    let rc = Rowcast::spawn(&db.url, &[]).await;
+    let (mut c, _) =
+        WsClient::connect(&rc.ws_url(&format!("token={}", support::token("1", "agent")))).await;
+    c.join("tickets").await;
+    let pg = db.client().await;
+    pg.execute(
+        "INSERT INTO rowcast.changes (op, tbl, pk) VALUES ('x', 'public.tickets', '[1]')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let bad: i64 = support::eventually(10, || async {
+        pg.query_one("SELECT seq FROM rowcast.changes WHERE op = 'x'", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+    })
+    .await;
+    // Nothing follows it, yet capture's position moves past it.
+    support::eventually(10, || async {
+        let (_, body) = readyz(&rc).await;
+        let at: i64 = body["position"].as_str()?.parse().ok()?;
+        (at >= bad).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = scrape(&rc).await;
+    assert_eq!(
+        value(&metrics, "rowcast_changelog_malformed_total", &[]),
+        Some(1.0),
+        "counted once, not on every poll"
+    );
+    let logged = rc
+        .logs()
+        .iter()
+        .filter(|l| l.contains("unknown op code"))
+        .count();
+    assert_eq!(logged, 1, "logged once");
+    pg.execute("UPDATE tickets SET status = 'pending' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(ev["payload"]["data"]["status"], "pending");
+    let (status, body) = readyz(&rc).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -534,3 +534,46 @@ async fn logical_capture_as_a_password_role_with_replication() {
         .await;
     }
 }
+
+/// A failure that retrying cannot fix (here: the publication no longer lists the key
+/// column) fails `/readyz` with its reason and what to do, and is retried slowly instead
+/// of every few hundred milliseconds.
+#[tokio::test]
+async fn a_permanent_capture_failure_fails_readyz_with_its_reason_and_backs_off() {
+    use crate::support::binary::{Rowcast, readyz, scrape, value};
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let rc = Rowcast::spawn(&db.url, &[("ROWCAST_CAPTURE_MODE", "logical")]).await;
+    let pg = db.client().await;
+    pg.batch_execute(
+        "ALTER PUBLICATION rowcast SET TABLE public.tickets (subject);
+         INSERT INTO tickets (subject, requester_id) VALUES ('undecodable', 3);",
+    )
+    .await
+    .unwrap();
+    let body = support::eventually(20, || async {
+        let (status, body) = readyz(&rc).await;
+        (status == 503 && body["capture_problem"].is_string()).then_some(body)
+    })
+    .await;
+    let problem = body["capture_problem"].as_str().unwrap();
+    assert!(
+        problem.contains("does not list key column id of public.tickets")
+            && problem.contains("rowcast migrate"),
+        "{problem}"
+    );
+    let errors =
+        |m: &prometheus_parse::Scrape| value(m, "rowcast_capture_errors_total", &[]).unwrap_or(0.0);
+    let first = errors(&scrape(&rc).await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = errors(&scrape(&rc).await);
+    assert!(
+        later - first <= 1.0,
+        "a permanent failure is retried slowly: {} more attempts in 5 s",
+        later - first
+    );
+    let (status, body) = readyz(&rc).await;
+    assert_eq!(status, 503, "still failing: {body}");
+}

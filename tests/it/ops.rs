@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use prometheus_parse::{Scrape, Value as PromValue};
 use rowcast::event::Position;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::binary::Rowcast;
+use crate::support::binary::{Rowcast, histogram_count, scrape, value};
 use crate::support::ws::WsClient;
 use crate::support::{Db, token};
 
@@ -32,49 +31,6 @@ async fn db_with_password(password: &str) -> (Db, String) {
     );
     assert!(url.contains(password), "{url}");
     (db, url)
-}
-
-async fn scrape(rc: &Rowcast) -> Scrape {
-    let res = reqwest::get(format!("{}/metrics", rc.http()))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let ctype = res.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ctype.starts_with("text/plain"), "{ctype}");
-    let text = res.text().await.unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
-}
-
-/// The value of `name` with exactly `labels` (counters, gauges, untyped), if present.
-fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    s.samples
-        .iter()
-        .find(|x| {
-            x.metric == name
-                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-                && x.labels.len() == labels.len()
-        })
-        .map(|x| match &x.value {
-            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => *v,
-            other => panic!("{name} is not a single value: {other:?}"),
-        })
-}
-
-/// Number of observations of histogram `name` (its `+Inf` bucket).
-fn histogram_count(s: &Scrape, name: &str) -> f64 {
-    let sample = s
-        .samples
-        .iter()
-        .find(|x| x.metric == name)
-        .unwrap_or_else(|| panic!("histogram {name} missing"));
-    match &sample.value {
-        PromValue::Histogram(buckets) => buckets
-            .iter()
-            .find(|b| b.less_than.is_infinite())
-            .map(|b| b.count)
-            .expect("+Inf bucket"),
-        other => panic!("{name} is not a histogram: {other:?}"),
-    }
 }
 
 #[tokio::test]

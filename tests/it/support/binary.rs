@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value;
 
 /// A running `rowcast serve`. Killed on drop if still running.
@@ -207,4 +208,54 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The process's `/metrics`, parsed.
+pub async fn scrape(rc: &Rowcast) -> Scrape {
+    let res = reqwest::get(format!("{}/metrics", rc.http()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ctype = res.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    let text = res.text().await.unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+}
+
+/// The value of `name` with exactly `labels` (counters, gauges, untyped), if present.
+pub fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| {
+            x.metric == name
+                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
+                && x.labels.len() == labels.len()
+        })
+        .map(|x| match &x.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => *v,
+            other => panic!("{name} is not a single value: {other:?}"),
+        })
+}
+
+/// Number of observations of histogram `name` (its `+Inf` bucket).
+pub fn histogram_count(s: &Scrape, name: &str) -> f64 {
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name)
+        .unwrap_or_else(|| panic!("histogram {name} missing"));
+    match &sample.value {
+        PromValue::Histogram(buckets) => buckets
+            .iter()
+            .find(|b| b.less_than.is_infinite())
+            .map(|b| b.count)
+            .expect("+Inf bucket"),
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
+/// The process's `/readyz` answer: its status code and body.
+pub async fn readyz(rc: &Rowcast) -> (u16, Value) {
+    let res = reqwest::get(format!("{}/readyz", rc.http())).await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
 }
