@@ -149,6 +149,10 @@ fn describe_metrics() {
         "rowcast_changes_pruned_total",
         "Change-log rows deleted by retention."
     );
+    describe_counter!(
+        "rowcast_changelog_malformed_total",
+        "Change-log rows that could not be read (an unknown op code); logged once and skipped."
+    );
     describe_gauge!(
         "rowcast_build_info",
         "Always 1; the version label names the running build."
