@@ -4,6 +4,7 @@
 use crate::capture::CaptureMode;
 use crate::catalog::{TableSpec, quote_ident};
 use crate::changelog::{MESSAGE_PREFIX, WAKE_CHANNEL};
+use crate::event::Op;
 
 /// Trigger name installed on every captured table.
 pub const TRIGGER: &str = "rowcast_capture";
@@ -81,19 +82,19 @@ BEGIN
   IF TG_OP = 'UPDATE' THEN
     IF ROW({old_key}) IS DISTINCT FROM ROW({new_key}) THEN
       INSERT INTO rowcast.changes (op, tbl, pk, old)
-      VALUES ('d', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
+      VALUES ('{del}', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
       INSERT INTO rowcast.changes (op, tbl, pk)
-      VALUES ('i', '{name}', pg_catalog.jsonb_build_array({new_key}));
+      VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}));
     ELSE
       INSERT INTO rowcast.changes (op, tbl, pk)
-      VALUES ('u', '{name}', pg_catalog.jsonb_build_array({new_key}));
+      VALUES ('{upd}', '{name}', pg_catalog.jsonb_build_array({new_key}));
     END IF;
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO rowcast.changes (op, tbl, pk)
-    VALUES ('i', '{name}', pg_catalog.jsonb_build_array({new_key}));
+    VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}));
   ELSE
     INSERT INTO rowcast.changes (op, tbl, pk, old)
-    VALUES ('d', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
+    VALUES ('{del}', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
   END IF;
   IF pg_catalog.pg_sequence_last_value('rowcast.parked_until'::pg_catalog.regclass)
        OPERATOR(pg_catalog.>) pg_catalog.date_part('epoch', pg_catalog.now()) THEN
@@ -109,5 +110,8 @@ CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
         old_key = key("OLD"),
         new_key = key("NEW"),
         table = spec.quoted,
+        ins = Op::Insert.code() as char,
+        upd = Op::Update.code() as char,
+        del = Op::Delete.code() as char,
     )
 }
