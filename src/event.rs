@@ -1,5 +1,6 @@
 //! The vocabulary shared by every stage: log positions, captured changes, routed events.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -136,9 +137,176 @@ pub struct Event {
     pub payload: Box<RawValue>,
     /// Time of the transaction that made the change.
     pub committed_at: time::OffsetDateTime,
+    /// Who may receive the event; for a delete, who could see the row.
+    pub audience: Audience,
+    /// An update that changed who sees the row: who (besides the roles) could see it
+    /// before. Users it admitted and the new audience does not get [`View::Left`]; the
+    /// reverse gets [`View::Entered`].
+    pub before: Option<Reach>,
+    /// Notifications: who may see the related row the payload carries as `data`. Other
+    /// recipients get [`View::Redacted`].
+    pub related: Option<Audience>,
+    /// The payloads of the other views, each serialized once.
+    pub variants: Variants,
+}
+
+/// The payloads some users receive instead of [`Event::payload`].
+#[derive(Debug, Default)]
+pub struct Variants {
+    /// [`View::Entered`]: the whole row as an insert.
+    pub entered: Option<Box<RawValue>>,
+    /// [`View::Left`]: a removal carrying only the key, with a `reason`.
+    pub left: Option<Box<RawValue>>,
+    /// [`View::Redacted`]: the notification with `data: null`.
+    pub redacted: Option<Box<RawValue>>,
+}
+
+impl Event {
+    /// How `user` receives this event, if at all. The same decision for live delivery,
+    /// resume, SSE and polling.
+    pub fn view(&self, user: &User) -> Option<View> {
+        let by_role = self.audience.by_role(user);
+        let now = by_role || self.audience.reach.admits(&user.sub);
+        let before = match &self.before {
+            Some(r) => by_role || r.admits(&user.sub),
+            None => now,
+        };
+        let view = match (before, now) {
+            (true, true) => match &self.related {
+                Some(related) if !related.admits(user) => View::Redacted,
+                _ => View::Full,
+            },
+            (false, true) => View::Entered,
+            (true, false) => View::Left,
+            (false, false) => return None,
+        };
+        // Fail closed: a view whose payload was not built is withheld, never replaced by
+        // the full payload.
+        self.variant(view).map(|_| view)
+    }
+
+    fn variant(&self, view: View) -> Option<&RawValue> {
+        match view {
+            View::Full => Some(&self.payload),
+            View::Entered => self.variants.entered.as_deref(),
+            View::Left => self.variants.left.as_deref(),
+            View::Redacted => self.variants.redacted.as_deref(),
+        }
+    }
+
+    /// The payload of `view` (from [`Event::view`], which only returns views that have one).
+    pub fn payload(&self, view: View) -> &RawValue {
+        self.variant(view).unwrap_or(&self.payload)
+    }
 }
 
 pub type SharedEvent = Arc<Event>;
+
+/// Who among the users without an all-seeing role may see a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    Nobody,
+    Everyone,
+    /// Exactly these users (by `sub`).
+    Users(BTreeSet<String>),
+}
+
+impl Reach {
+    pub fn user(sub: String) -> Reach {
+        Reach::Users(BTreeSet::from([sub]))
+    }
+
+    pub fn admits(&self, sub: &str) -> bool {
+        match self {
+            Reach::Nobody => false,
+            Reach::Everyone => true,
+            Reach::Users(u) => u.contains(sub),
+        }
+    }
+
+    /// Who both let see the row.
+    pub fn and(self, other: Reach) -> Reach {
+        match (self, other) {
+            (Reach::Nobody, _) | (_, Reach::Nobody) => Reach::Nobody,
+            (Reach::Everyone, r) | (r, Reach::Everyone) => r,
+            (Reach::Users(a), Reach::Users(b)) => {
+                let both: BTreeSet<String> = a.intersection(&b).cloned().collect();
+                if both.is_empty() {
+                    Reach::Nobody
+                } else {
+                    Reach::Users(both)
+                }
+            }
+        }
+    }
+
+    /// Who either lets see the row.
+    pub fn or(self, other: Reach) -> Reach {
+        match (self, other) {
+            (Reach::Everyone, _) | (_, Reach::Everyone) => Reach::Everyone,
+            (Reach::Nobody, r) | (r, Reach::Nobody) => r,
+            (Reach::Users(mut a), Reach::Users(b)) => {
+                a.extend(b);
+                Reach::Users(a)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Reach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reach::Nobody => write!(f, "nobody"),
+            Reach::Everyone => write!(f, "everyone"),
+            Reach::Users(u) => {
+                let list: Vec<&str> = u.iter().map(String::as_str).collect();
+                write!(f, "users {}", list.join(", "))
+            }
+        }
+    }
+}
+
+/// Who may receive an event: the roles that see every row of its table, and which other
+/// users see this row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// Roles that see every row (lowercase).
+    pub roles: Arc<[String]>,
+    pub reach: Reach,
+}
+
+impl Audience {
+    /// Everyone who may join the event's rooms.
+    pub fn everyone() -> Audience {
+        Audience {
+            roles: Arc::from(Vec::new()),
+            reach: Reach::Everyone,
+        }
+    }
+
+    /// Whether `user` sees every row through one of their roles.
+    pub fn by_role(&self, user: &User) -> bool {
+        user.roles.iter().any(|r| self.roles.contains(r))
+    }
+
+    pub fn admits(&self, user: &User) -> bool {
+        self.by_role(user) || self.reach.admits(&user.sub)
+    }
+}
+
+/// How one user receives an event, decided once per (event, user) from the event's
+/// audiences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The event as it is.
+    Full,
+    /// The row became visible to the user: the whole row, as an insert.
+    Entered,
+    /// The row stopped being visible to the user: a removal carrying only the key.
+    Left,
+    /// A notification whose related row the user may not see: `data` is null.
+    Redacted,
+}
 
 /// Who a session or request belongs to: the token's `sub` and role(s). Built by the token
 /// check (`api::auth`), read by room allow-lists and sessions.

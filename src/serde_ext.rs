@@ -57,3 +57,33 @@ where
         })
         .collect()
 }
+
+/// Accepts a TOML table of strings or `"key=value,key=value"` (as set from the
+/// environment).
+pub fn string_map<'de, D>(d: D) -> Result<std::collections::BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Map(std::collections::BTreeMap<String, String>),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Map(m) => Ok(m),
+        Either::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => Err(serde::de::Error::custom(format!(
+                    "{p:?} is not claim=role (e.g. isAdmin=admin)"
+                ))),
+            })
+            .collect(),
+    }
+}

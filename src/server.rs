@@ -150,6 +150,7 @@ pub async fn run(
 
     let state = AppState {
         hub: hub.clone(),
+        enricher: enricher.clone(),
         auth,
         pool: pool.clone(),
         capture: status,

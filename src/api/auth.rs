@@ -27,6 +27,10 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Boolean claims that grant a role when true, e.g. `{ isAdmin = "admin" }`
+    /// (`ROWCAST_JWT_FLAG_ROLES=isAdmin=admin,isAgent=agent`).
+    #[serde(deserialize_with = "crate::serde_ext::string_map")]
+    pub flag_roles: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -38,6 +42,7 @@ impl std::fmt::Debug for JwtConfig {
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("leeway_secs", &self.leeway_secs)
+            .field("flag_roles", &self.flag_roles)
             .finish()
     }
 }
@@ -51,6 +56,7 @@ impl Default for JwtConfig {
             audience: None,
             issuer: None,
             leeway_secs: 5,
+            flag_roles: Default::default(),
         }
     }
 }
@@ -109,6 +115,7 @@ pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
     role_claim: String,
+    flag_roles: Vec<(String, String)>,
     /// HS256 only: lets `rowcast demo` and tests issue tokens.
     signer: Option<EncodingKey>,
 }
@@ -166,6 +173,11 @@ impl Authenticator {
             key,
             validation,
             role_claim: c.role_claim.clone(),
+            flag_roles: c
+                .flag_roles
+                .iter()
+                .map(|(claim, role)| (claim.clone(), role.to_lowercase()))
+                .collect(),
             signer,
         })
     }
@@ -198,14 +210,20 @@ impl Authenticator {
                 ));
             }
         };
-        let roles = match claims.get(&self.role_claim) {
-            Some(Value::String(s)) => vec![s.clone()],
+        // Roles compare case-insensitively (an ORM's enum is often `AGENT`).
+        let mut roles: Vec<String> = match claims.get(&self.role_claim) {
+            Some(Value::String(s)) => vec![s.to_lowercase()],
             Some(Value::Array(a)) => a
                 .iter()
-                .filter_map(|v| v.as_str().map(String::from))
+                .filter_map(|v| v.as_str().map(str::to_lowercase))
                 .collect(),
             _ => Vec::new(),
         };
+        for (claim, role) in &self.flag_roles {
+            if claims.get(claim) == Some(&Value::Bool(true)) && !roles.contains(role) {
+                roles.push(role.clone());
+            }
+        }
         let exp = claims.get("exp").and_then(Value::as_i64);
         Ok(User { sub, roles, exp })
     }
@@ -255,6 +273,45 @@ mod tests {
         let u = a.verify(&t).unwrap();
         assert_eq!(u.sub, "42");
         assert_eq!(u.roles, vec!["agent"]);
+    }
+
+    #[test]
+    fn roles_come_from_a_string_an_array_or_boolean_claims() {
+        let mut config = JwtConfig {
+            secret: Some("0123456789abcdef0123".into()),
+            ..JwtConfig::default()
+        };
+        config.flag_roles.insert("isAdmin".into(), "Admin".into());
+        let a = Authenticator::from_config(&config).unwrap();
+        let sign = |claims: Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                a.signer.as_ref().unwrap(),
+            )
+            .unwrap()
+        };
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
+        let u = a
+            .verify(&sign(json!({"sub": "1", "role": "AGENT", "exp": exp})))
+            .unwrap();
+        assert_eq!(u.roles, vec!["agent"]);
+        let u = a
+            .verify(&sign(
+                json!({"sub": "7", "role": ["Agent", "OWNER"], "isAdmin": true, "exp": exp}),
+            ))
+            .unwrap();
+        assert_eq!(
+            (u.sub.as_str(), u.roles),
+            (
+                "7",
+                vec!["agent".to_string(), "owner".into(), "admin".into()]
+            )
+        );
+        let u = a
+            .verify(&sign(json!({"sub": "2", "isAdmin": false, "exp": exp})))
+            .unwrap();
+        assert!(u.roles.is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! server assembles these routes with the transports'.
 
 pub mod auth;
+mod explain;
 mod webhooks;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::CaptureStatus;
+use crate::enrich::Enricher;
 use crate::hub::Hub;
 use auth::{AuthError, Authenticator};
 
@@ -44,6 +46,8 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// Rebuilds events from the change log (explain).
+    pub enricher: Enricher,
     pub auth: Arc<Authenticator>,
     pub pool: Pool,
     pub capture: Arc<CaptureStatus>,
@@ -127,6 +131,7 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/api/explain", get(explain::explain))
         .merge(webhooks::routes())
 }
 

@@ -6,6 +6,8 @@
 //! their keys, columns and room templates parsed once. Everything downstream (capture,
 //! routing, resume, webhooks) reads the catalog, never the raw configuration.
 
+mod audience;
+mod names;
 mod resolve;
 mod template;
 
@@ -13,7 +15,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use resolve::{Catalog, KeyColumn, TableSpec, quote_ident, resolve, split_name};
+pub use audience::{AudienceConfig, EvalError, NoParents, Parents, Rule, RuleError, Step};
+pub use names::{TableName, quote_ident};
+pub use resolve::{AudienceSpec, Catalog, KeyColumn, TableSpec, resolve};
 pub use template::{RoomTemplate, TemplateError, scalar_text};
 
 /// What a captured table is to rowcast.
@@ -31,7 +35,8 @@ pub enum TableKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
-    /// Table name, optionally schema-qualified (`public.tickets`).
+    /// Table name, optionally schema-qualified (`public.tickets`); parts may be quoted as
+    /// an ORM writes them (`public."Ticket"`). Names are matched exactly (case included).
     pub table: String,
     /// Entity name used in event names (`ticket` → `ticket.update`).
     pub entity: String,
@@ -58,6 +63,14 @@ pub struct TableConfig {
     /// Notifications: column holding the related entity's key.
     #[serde(default)]
     pub related_id_column: Option<String>,
+    /// Notifications whose related entity is always one table (no type column): that
+    /// table, with `related_id_column` holding its key.
+    #[serde(default)]
+    pub related_table: Option<String>,
+    /// Who receives the table's rows (see `audience` below); none: everyone who may join
+    /// its rooms.
+    #[serde(default)]
+    pub audience: Option<AudienceConfig>,
 }
 
 impl TableConfig {
@@ -82,8 +95,10 @@ pub fn validate(tables: &[TableConfig], rooms: &BTreeMap<String, RoomConfig>) ->
     let mut entities = std::collections::HashSet::new();
     for t in tables {
         let at = format!("table {}", t.table);
-        if !is_ident_path(&t.table) {
-            problems.push(format!("{at}: not a valid table name"));
+        if TableName::parse(&t.table).is_none() {
+            problems.push(format!(
+                "{at}: not a valid table name (write table, schema.table or schema.\"Table\")"
+            ));
         }
         if !entities.insert(t.entity.clone()) {
             problems.push(format!("{at}: entity name {} is used twice", t.entity));
@@ -113,9 +128,27 @@ pub fn validate(tables: &[TableConfig], rooms: &BTreeMap<String, RoomConfig>) ->
                         "{at}: a notification table needs `recipient_column`"
                     ));
                 }
-                if t.related_type_column.is_some() != t.related_id_column.is_some() {
+                match (
+                    &t.related_type_column,
+                    &t.related_table,
+                    &t.related_id_column,
+                ) {
+                    (None, None, None) | (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {}
+                    (Some(_), Some(_), _) => problems.push(format!(
+                        "{at}: set `related_type_column` (the related entity varies) or `related_table` (it is always one table), not both"
+                    )),
+                    (_, _, None) => problems.push(format!(
+                        "{at}: `related_id_column` is needed with `related_type_column` or `related_table`"
+                    )),
+                    (None, None, Some(_)) => problems.push(format!(
+                        "{at}: with `related_id_column`, set `related_type_column` or `related_table`"
+                    )),
+                }
+                if let Some(r) = &t.related_table
+                    && TableName::parse(r).is_none()
+                {
                     problems.push(format!(
-                        "{at}: set both `related_type_column` and `related_id_column`, or neither"
+                        "{at}: related_table {r:?} is not a valid table name"
                     ));
                 }
             }
@@ -123,6 +156,23 @@ pub fn validate(tables: &[TableConfig], rooms: &BTreeMap<String, RoomConfig>) ->
         for r in t.room_templates() {
             if let Err(e) = RoomTemplate::parse(r) {
                 problems.push(format!("{at}: room {r:?}: {e}"));
+            }
+        }
+        if let Some(a) = &t.audience {
+            if let Some(rows) = &a.rows
+                && let Err(e) = Rule::parse(rows)
+            {
+                problems.push(format!("{at}: audience.rows {rows:?}: {e}"));
+            }
+            if a.roles.iter().any(|r| r.is_empty() || r == "*") {
+                problems.push(format!(
+                    "{at}: audience.roles names roles that see every row (\"*\" and empty names are not roles)"
+                ));
+            }
+            if t.kind == TableKind::Notification {
+                problems.push(format!(
+                    "{at}: a notification table needs no audience: its rows go to their recipient only"
+                ));
             }
         }
     }
@@ -146,43 +196,67 @@ fn is_ident(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
-fn is_ident_path(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| is_ident(p))
-}
+/// Roles that see every row of the demo helpdesk's tables.
+pub const STAFF: [&str; 2] = ["agent", "admin"];
 
 /// The demo helpdesk mapping: what rowcast captures when the file names no tables.
+/// Agents and admins see every row; anyone else (a customer) sees their own tickets, the
+/// public comments and the attachments of those tickets, their own user row and the
+/// published knowledge-base articles.
 pub fn default_tables() -> Vec<TableConfig> {
     let entity =
-        |table: &str, entity: &str, room: &str, rooms: &[&str], hidden: &[&str]| TableConfig {
-            table: format!("public.{table}"),
-            entity: entity.into(),
-            kind: TableKind::Entity,
-            room: Some(room.into()),
-            rooms: rooms.iter().map(|s| s.to_string()).collect(),
-            hidden: hidden.iter().map(|s| s.to_string()).collect(),
-            key: Vec::new(),
-            recipient_column: None,
-            related_type_column: None,
-            related_id_column: None,
+        |table: &str, entity: &str, room: &str, rooms: &[&str], hidden: &[&str], rows: &str| {
+            TableConfig {
+                table: format!("public.{table}"),
+                entity: entity.into(),
+                kind: TableKind::Entity,
+                room: Some(room.into()),
+                rooms: rooms.iter().map(|s| s.to_string()).collect(),
+                hidden: hidden.iter().map(|s| s.to_string()).collect(),
+                key: Vec::new(),
+                recipient_column: None,
+                related_type_column: None,
+                related_id_column: None,
+                related_table: None,
+                audience: Some(AudienceConfig {
+                    roles: STAFF.iter().map(|s| s.to_string()).collect(),
+                    rows: Some(rows.into()),
+                }),
+            }
         };
     vec![
-        entity("tickets", "ticket", "tickets", &["tickets:{id}"], &[]),
+        entity(
+            "tickets",
+            "ticket",
+            "tickets",
+            &["tickets:{id}"],
+            &[],
+            "requester_id = $user",
+        ),
         entity(
             "comments",
             "comment",
             "comments",
             &["tickets:{ticket_id}"],
             &[],
+            "ticket_id -> public.tickets and internal = false",
         ),
-        entity("users", "user", "users", &[], &["password_hash"]),
-        entity("kb_articles", "kb", "kb", &[], &[]),
+        entity(
+            "users",
+            "user",
+            "users",
+            &[],
+            &["password_hash"],
+            "id = $user",
+        ),
+        entity("kb_articles", "kb", "kb", &[], &[], "published = true"),
         entity(
             "attachments",
             "attachment",
             "attachments",
             &["tickets:{ticket_id}"],
             &[],
+            "ticket_id -> public.tickets and (comment_id is null or comment_id -> public.comments)",
         ),
         TableConfig {
             table: "public.notifications".into(),
@@ -195,24 +269,31 @@ pub fn default_tables() -> Vec<TableConfig> {
             recipient_column: Some("user_id".into()),
             related_type_column: Some("related_type".into()),
             related_id_column: Some("related_id".into()),
+            related_table: None,
+            audience: None,
         },
     ]
 }
 
-/// The demo helpdesk allow-lists.
+/// The demo helpdesk allow-lists: every signed-in user may join every room; what arrives
+/// is decided per row by the tables' audiences.
 pub fn default_rooms() -> BTreeMap<String, RoomConfig> {
-    let staff = || RoomConfig {
-        roles: vec!["agent".into(), "admin".into()],
-    };
-    let mut rooms = BTreeMap::new();
-    for r in ["tickets", "tickets:*", "comments", "attachments", "users"] {
-        rooms.insert(r.to_string(), staff());
-    }
-    rooms.insert(
-        "kb".into(),
-        RoomConfig {
-            roles: vec!["*".into()],
-        },
-    );
-    rooms
+    [
+        "tickets",
+        "tickets:*",
+        "comments",
+        "attachments",
+        "users",
+        "kb",
+    ]
+    .into_iter()
+    .map(|r| {
+        (
+            r.to_string(),
+            RoomConfig {
+                roles: vec!["*".into()],
+            },
+        )
+    })
+    .collect()
 }

@@ -4,15 +4,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
 
-use super::{RoomTemplate, TableConfig, TableKind};
+use super::{EvalError, Parents, RoomTemplate, Rule, Step, TableConfig, TableKind, TableName};
+use crate::event::{Audience, Reach};
 
 /// A key column and its SQL type (as `format_type` prints it).
 #[derive(Debug, Clone)]
 pub struct KeyColumn {
     pub name: String,
     pub sql_type: String,
+}
+
+/// A table's audience rules, parsed.
+#[derive(Debug, Clone)]
+pub struct AudienceSpec {
+    /// Roles that see every row, lowercase.
+    pub roles: Arc<[String]>,
+    /// Which rows everyone else sees; `None`: none.
+    pub rule: Option<Rule>,
+    /// The columns the rule reads: their old values are captured with every change that
+    /// changes them, so a row leaving a user's view can be told apart.
+    pub columns: Vec<String>,
+    /// The rule's `col -> table` references: (columns, the table as written).
+    pub parents: Vec<(Vec<String>, String)>,
 }
 
 /// A configured table checked against the database.
@@ -27,10 +43,12 @@ pub struct TableSpec {
     pub columns: Vec<String>,
     /// `room` then `rooms`, parsed.
     pub templates: Vec<RoomTemplate>,
+    /// `None`: everyone who may join the table's rooms sees every row.
+    pub audience: Option<AudienceSpec>,
 }
 
 impl TableSpec {
-    /// A spec for `config` (already validated: its templates parse).
+    /// A spec for `config` (already validated: its templates and rules parse).
     pub fn new(
         config: TableConfig,
         name: String,
@@ -42,6 +60,15 @@ impl TableSpec {
             .room_templates()
             .filter_map(|t| RoomTemplate::parse(t).ok())
             .collect();
+        let audience = config.audience.as_ref().map(|a| {
+            let rule = a.rows.as_deref().and_then(|r| Rule::parse(r).ok());
+            AudienceSpec {
+                roles: a.roles.iter().map(|r| r.to_lowercase()).collect(),
+                columns: rule.as_ref().map(Rule::columns).unwrap_or_default(),
+                parents: rule.as_ref().map(Rule::parents).unwrap_or_default(),
+                rule,
+            }
+        });
         TableSpec {
             config,
             name,
@@ -49,6 +76,46 @@ impl TableSpec {
             key,
             columns,
             templates,
+            audience,
+        }
+    }
+
+    /// The columns whose old values changes carry (those the audience rule reads).
+    pub fn rule_columns(&self) -> &[String] {
+        self.audience.as_ref().map_or(&[], |a| &a.columns)
+    }
+
+    /// The rule's references to parent rows: (columns, the parent table as written).
+    pub fn parent_refs(&self) -> &[(Vec<String>, String)] {
+        self.audience.as_ref().map_or(&[], |a| &a.parents)
+    }
+
+    /// Who (besides the all-seeing roles) sees `row`: everyone for a table without an
+    /// audience, nobody for one with roles only, else what its rule says.
+    pub fn reach(
+        &self,
+        row: &Map<String, Value>,
+        parents: &dyn Parents,
+        trace: Option<&mut Vec<Step>>,
+    ) -> Result<Reach, EvalError> {
+        match &self.audience {
+            None => Ok(Reach::Everyone),
+            Some(AudienceSpec { rule: None, .. }) => Ok(Reach::Nobody),
+            Some(AudienceSpec {
+                rule: Some(rule), ..
+            }) => rule.reach(row, parents, trace),
+        }
+    }
+
+    /// The audience of a row with `reach`.
+    pub fn audience(&self, reach: Reach) -> Audience {
+        Audience {
+            roles: self
+                .audience
+                .as_ref()
+                .map(|a| a.roles.clone())
+                .unwrap_or_else(|| Arc::from(Vec::new())),
+            reach,
         }
     }
     pub fn entity(&self) -> &str {
@@ -86,8 +153,14 @@ impl Catalog {
         self.tables.push(Arc::new(spec));
     }
 
+    /// The table with `name` as written to `rowcast.changes.tbl` (`schema.table`).
     pub fn by_name(&self, name: &str) -> Option<&Arc<TableSpec>> {
         self.by_name.get(name).map(|&i| &self.tables[i])
+    }
+
+    /// The table a configuration names (`tickets`, `public.tickets`, `public."Ticket"`).
+    pub fn lookup(&self, written: &str) -> Option<&Arc<TableSpec>> {
+        self.by_name(&TableName::parse(written)?.to_string())
     }
 
     /// Looks up a notification's `related_type`: an entity name (`comment`), a table name
@@ -112,15 +185,6 @@ impl Catalog {
     }
 }
 
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `schema.table` → (`schema`, `table`); a bare name is in `public`.
-pub fn split_name(table: &str) -> (&str, &str) {
-    table.split_once('.').unwrap_or(("public", table))
-}
-
 /// Resolves every configured table against the database. Returns the catalog of the tables
 /// that resolved and a list of problems (missing tables, keys, columns, privileges).
 pub async fn resolve<C: GenericClient>(
@@ -129,10 +193,15 @@ pub async fn resolve<C: GenericClient>(
 ) -> Result<(Catalog, Vec<String>), tokio_postgres::Error> {
     let mut catalog = Catalog::default();
     let mut problems = Vec::new();
+    let mut oids = HashMap::new();
     for tc in tables {
-        let (schema, table) = split_name(&tc.table);
-        let name = format!("{schema}.{table}");
-        let quoted = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let Some(written) = TableName::parse(&tc.table) else {
+            problems.push(format!("table {}: not a valid table name", tc.table));
+            continue;
+        };
+        let (schema, table) = (written.schema.as_str(), written.table.as_str());
+        let name = written.to_string();
+        let quoted = written.quoted();
         let oid = client
             .query_opt(
                 "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -241,9 +310,127 @@ pub async fn resolve<C: GenericClient>(
             ));
             ok = false;
         }
+        for c in spec.rule_columns() {
+            if type_of(c).is_none() {
+                problems.push(format!(
+                    "table {name}: audience.rows reads column {c:?}, which does not exist"
+                ));
+                ok = false;
+            } else if tc.hidden.contains(c) {
+                problems.push(format!(
+                    "table {name}: audience.rows reads hidden column {c:?}; rules may only read columns that leave rowcast"
+                ));
+                ok = false;
+            }
+        }
         if ok {
+            oids.insert(name, oid);
             catalog.push(spec);
         }
     }
+    problems.extend(check_references(client, &catalog, &oids).await?);
     Ok((catalog, problems))
+}
+
+/// What the tables' references to each other need: every `col -> table` of a rule names a
+/// configured table through a foreign key on its key, and no chain of them comes back to
+/// where it started; a notification's `related_table` is configured.
+async fn check_references<C: GenericClient>(
+    client: &C,
+    catalog: &Catalog,
+    oids: &HashMap<String, u32>,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut problems = Vec::new();
+    for spec in &catalog.tables {
+        if let Some(related) = &spec.config.related_table
+            && catalog.lookup(related).is_none()
+        {
+            problems.push(format!(
+                "table {}: related_table {related} is not a configured table (add it to [[tables]])",
+                spec.name
+            ));
+        }
+        let Some(rule) = spec.audience.as_ref().and_then(|a| a.rule.as_ref()) else {
+            continue;
+        };
+        for (columns, table) in rule.parents() {
+            let Some(parent) = catalog.lookup(&table) else {
+                problems.push(format!(
+                    "table {}: audience.rows refers to {table}, which is not a configured table (add it to [[tables]])",
+                    spec.name
+                ));
+                continue;
+            };
+            if parent.key.len() != columns.len() {
+                problems.push(format!(
+                    "table {}: audience.rows refers to {} through {} column(s) ({}), but its key has {}",
+                    spec.name,
+                    parent.name,
+                    columns.len(),
+                    columns.join(", "),
+                    parent.key.len()
+                ));
+                continue;
+            }
+            let fk: bool = client
+                .query_one(
+                    "SELECT EXISTS (
+                        SELECT 1 FROM pg_constraint c
+                         WHERE c.contype = 'f' AND c.conrelid = $1 AND c.confrelid = $2
+                           AND (SELECT array_agg(a.attname::text ORDER BY k.ord)
+                                  FROM unnest(c.conkey) WITH ORDINALITY AS k(n, ord)
+                                  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n)
+                               = $3::text[])",
+                    &[&oids[&spec.name], &oids[&parent.name], &columns],
+                )
+                .await?
+                .get(0);
+            if !fk {
+                problems.push(format!(
+                    "table {}: audience.rows follows {} -> {}, but there is no foreign key from {} ({}) to {}",
+                    spec.name,
+                    columns.join(", "),
+                    parent.name,
+                    spec.name,
+                    columns.join(", "),
+                    parent.name
+                ));
+            }
+        }
+    }
+    // A chain of parent references must end.
+    for spec in &catalog.tables {
+        let mut path = vec![spec.name.clone()];
+        if let Some(cycle) = find_cycle(catalog, spec, &mut path) {
+            problems.push(format!(
+                "table {}: audience rules refer to each other in a circle: {}",
+                spec.name,
+                cycle.join(" -> ")
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+fn find_cycle(catalog: &Catalog, spec: &TableSpec, path: &mut Vec<String>) -> Option<Vec<String>> {
+    let rule = spec.audience.as_ref()?.rule.as_ref()?;
+    for (_, table) in rule.parents() {
+        let Some(parent) = catalog.lookup(&table) else {
+            continue;
+        };
+        if path.first() == Some(&parent.name) {
+            let mut cycle = path.clone();
+            cycle.push(parent.name.clone());
+            return Some(cycle);
+        }
+        if path.contains(&parent.name) || path.len() > 8 {
+            continue;
+        }
+        path.push(parent.name.clone());
+        if let Some(c) = find_cycle(catalog, parent, path) {
+            return Some(c);
+        }
+        path.pop();
+    }
+    None
 }

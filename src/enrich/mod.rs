@@ -10,6 +10,7 @@
 //! state even if it sees an older event late. An insert or update whose row no longer
 //! exists is dropped: its delete follows.
 
+mod audience;
 mod history;
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use crate::catalog::{Catalog, TableKind, TableSpec, quote_ident, scalar_text};
+use crate::catalog::{Catalog, Step, TableKind, TableSpec, quote_ident, scalar_text};
 use crate::changelog;
 use crate::event::{Change, Event, Op, Position};
 use crate::retry::Retryable;
@@ -94,7 +95,11 @@ struct Merged<'a> {
     seq: Position,
     at: time::OffsetDateTime,
     pk: &'a Value,
+    /// The last old row (a delete's).
     old: Option<&'a Value>,
+    /// The first old values of the run (for an update: the rule columns it changed; for a
+    /// delete: the old row): the row as its audience saw it before the run.
+    first_old: Option<&'a Value>,
 }
 
 impl Merged<'_> {
@@ -153,6 +158,29 @@ impl Enricher {
 
     /// Enriches and routes a batch; events come out in log order.
     async fn enrich(&self, changes: &[Change]) -> Result<Vec<Event>, EnrichError> {
+        Ok(self.enrich_explained(changes, false).await?.0)
+    }
+
+    /// Rebuilds the event of the change at `seq` from the log and says how its audience was
+    /// decided (the explain endpoint). `None` when there is no such change (pruned, or
+    /// coalesced into nothing because the row is gone).
+    pub async fn explain<C: GenericClient>(
+        &self,
+        client: &C,
+        seq: Position,
+    ) -> Result<Option<(Event, Explanation)>, EnrichError> {
+        let after = Position(seq.0.saturating_sub(1));
+        let read = changelog::read_range(client, after, seq, None, 1).await?;
+        let (events, mut explanations) = self.enrich_explained(&read.changes, true).await?;
+        Ok(events.into_iter().next().zip(explanations.pop()))
+    }
+
+    /// [`Enricher::enrich`], with each event's explanation when `explain` is set.
+    async fn enrich_explained(
+        &self,
+        changes: &[Change],
+        explain: bool,
+    ) -> Result<(Vec<Event>, Vec<Explanation>), EnrichError> {
         let mut merged: Vec<Merged<'_>> = Vec::with_capacity(changes.len());
         let mut index: HashMap<(&str, String), usize> = HashMap::with_capacity(changes.len());
         for c in changes {
@@ -168,6 +196,9 @@ impl Enricher {
                     m.at = c.at;
                     if c.old.is_some() {
                         m.old = c.old.as_ref();
+                        if m.first_old.is_none() && m.first != Op::Insert {
+                            m.first_old = c.old.as_ref();
+                        }
                     }
                 }
                 None => {
@@ -180,6 +211,7 @@ impl Enricher {
                         at: c.at,
                         pk: &c.pk,
                         old: c.old.as_ref(),
+                        first_old: c.old.as_ref(),
                     });
                 }
             }
@@ -204,16 +236,18 @@ impl Enricher {
         }
 
         // Notifications: the related entity of every notification row, one load per table.
-        let mut related_wanted: HashMap<&str, (&Arc<TableSpec>, Vec<Value>)> = HashMap::new();
+        // A notification never carries another notification.
         let related_ref = |spec: &TableSpec, row: &Value| -> Option<(Arc<TableSpec>, Value)> {
-            let ty = row
-                .get(spec.config.related_type_column.as_deref()?)?
-                .as_str()?;
             let id = row.get(spec.config.related_id_column.as_deref()?)?;
-            let target = self.catalog.by_related_type(ty)?;
-            (target.key.len() == 1 && !id.is_null())
+            let target = match (&spec.config.related_table, &spec.config.related_type_column) {
+                (Some(table), _) => self.catalog.lookup(table)?,
+                (None, Some(ty)) => self.catalog.by_related_type(row.get(ty)?.as_str()?)?,
+                (None, None) => return None,
+            };
+            (target.kind() == TableKind::Entity && target.key.len() == 1 && !id.is_null())
                 .then(|| (target.clone(), Value::Array(vec![id.clone()])))
         };
+        let mut related_wanted: HashMap<&str, (Arc<TableSpec>, Vec<Value>)> = HashMap::new();
         for m in &merged {
             if m.spec.kind() != TableKind::Notification {
                 continue;
@@ -222,64 +256,175 @@ impl Enricher {
                 Op::Delete => m.old,
                 _ => rows.get(&(m.spec.name.as_str(), m.pk.to_string())),
             };
-            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, r))
-                && let Some(t) = self.catalog.by_name(&target.name)
-            {
+            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, r)) {
                 related_wanted
-                    .entry(t.name.as_str())
-                    .or_insert_with(|| (t, Vec::new()))
+                    .entry(
+                        self.catalog
+                            .by_name(&target.name)
+                            .map_or("", |t| t.name.as_str()),
+                    )
+                    .or_insert_with(|| (target.clone(), Vec::new()))
                     .1
                     .push(pk);
             }
         }
-        let mut related: HashMap<(&str, String), Value> = HashMap::new();
-        for (table, (spec, pks)) in &related_wanted {
+        let mut related: HashMap<(String, String), Value> = HashMap::new();
+        for (spec, pks) in related_wanted.values() {
             let refs: Vec<&Value> = pks.iter().collect();
             for row in load_rows(&client, spec, &refs).await? {
-                related.insert((*table, normalize_key(spec, &row)), row);
+                related.insert((spec.name.clone(), normalize_key(spec, &row)), row);
             }
         }
 
-        let mut events = Vec::with_capacity(merged.len());
+        // The rows each event carries, and the rows its rules see before the change.
+        struct Pending<'m, 'a> {
+            m: &'m Merged<'a>,
+            op: Op,
+            row: Value,
+            before: Option<Value>,
+            related: Option<(Arc<TableSpec>, Value)>,
+        }
+        let mut pending = Vec::with_capacity(merged.len());
         for m in &merged {
             let op = m.op();
-            let row = match op {
+            let (row, before) = match op {
                 Op::Delete => match m.old {
-                    Some(old) => old.clone(),
+                    Some(old) => {
+                        let seen = m.first_old.map_or_else(
+                            || old.clone(),
+                            |first| audience::with_old_values(old, first),
+                        );
+                        (old.clone(), Some(seen))
+                    }
                     None => continue,
                 },
                 _ => match rows.remove(&(m.spec.name.as_str(), m.pk.to_string())) {
-                    Some(r) => r,
+                    Some(r) => {
+                        let before = match (op, m.first_old) {
+                            (Op::Update, Some(first)) => Some(audience::with_old_values(&r, first)),
+                            _ => None,
+                        };
+                        (r, before)
+                    }
                     None => continue, // deleted since; its delete event follows
                 },
             };
-            let enriched_related = if m.spec.kind() == TableKind::Notification {
+            let related = if m.spec.kind() == TableKind::Notification {
                 related_ref(m.spec, &row).and_then(|(target, pk)| {
                     let id = pk
                         .as_array()
                         .and_then(|a| a.first())
                         .and_then(scalar_text)?;
-                    related.get(&(target.name.as_str(), id)).cloned()
+                    let r = related.get(&(target.name.clone(), id))?.clone();
+                    Some((target, r))
                 })
             } else {
                 None
             };
-            let e = Enriched {
-                spec: m.spec,
-                seq: m.seq,
+            pending.push(Pending {
+                m,
                 op,
-                pk: m.pk,
                 row,
-                committed_at: m.at,
-                related: enriched_related,
+                before,
+                related,
+            });
+        }
+
+        // Parent rows the rules refer to: the batch's own rows first, then one load per
+        // table for the rest.
+        let mut parents = audience::BatchParents::new(self.catalog.clone());
+        let mut needing = Vec::new();
+        for p in &pending {
+            parents.add(p.m.spec, &p.row);
+            for (spec, row) in [(p.m.spec, Some(&p.row)), (p.m.spec, p.before.as_ref())]
+                .into_iter()
+                .chain(p.related.as_ref().map(|(s, r)| (s, Some(r))))
+            {
+                if let Some(Value::Object(obj)) = row
+                    && !spec.parent_refs().is_empty()
+                {
+                    needing.push((spec.clone(), obj.clone()));
+                }
+            }
+        }
+        if !needing.is_empty() {
+            parents.load(&client, needing).await?;
+        }
+
+        let mut events = Vec::with_capacity(pending.len());
+        let mut explanations = Vec::new();
+        for p in pending {
+            let spec = p.m.spec;
+            if explain {
+                let now = match (p.op, &p.before) {
+                    (Op::Delete, Some(seen)) => seen,
+                    _ => &p.row,
+                };
+                let (_, steps) = parents.explain(spec, now);
+                let before = match (p.op, &p.before) {
+                    (Op::Update, Some(b)) => parents.explain(spec, b).1,
+                    _ => Vec::new(),
+                };
+                explanations.push(Explanation {
+                    rule: spec
+                        .audience
+                        .as_ref()
+                        .and_then(|a| a.rule.as_ref())
+                        .map(|r| r.to_string()),
+                    steps,
+                    before,
+                });
+            }
+            let what = if p.op == Op::Delete {
+                "deleted row"
+            } else {
+                "row"
             };
-            events.push(match m.spec.kind() {
+            let audience = match (p.op, &p.before) {
+                // A delete reaches whoever could see the row.
+                (Op::Delete, Some(seen)) => {
+                    spec.audience(parents.reach_or_nobody(spec, seen, what))
+                }
+                _ => spec.audience(parents.reach_or_nobody(spec, &p.row, what)),
+            };
+            let before = match (p.op, &p.before) {
+                (Op::Update, Some(b)) => {
+                    Some(parents.reach_or_nobody(spec, b, "row before the change"))
+                        .filter(|r| *r != audience.reach)
+                }
+                _ => None,
+            };
+            let related = p.related.as_ref().map(|(target, row)| {
+                target.audience(parents.reach_or_nobody(target, row, "related row"))
+            });
+            let e = Enriched {
+                spec,
+                seq: p.m.seq,
+                op: p.op,
+                pk: p.m.pk,
+                row: p.row,
+                committed_at: p.m.at,
+                related: p.related.map(|(_, r)| r),
+                audience,
+                before,
+                related_audience: related,
+            };
+            events.push(match spec.kind() {
                 TableKind::Entity => route::entity_event(e),
                 TableKind::Notification => route::notification_event(e),
             });
         }
-        Ok(events)
+        Ok((events, explanations))
     }
+}
+
+/// How an event's audience was decided: the table's rule and what each of its conditions
+/// found, for the row now and (an update that changed who sees it) before.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explanation {
+    pub rule: Option<String>,
+    pub steps: Vec<Step>,
+    pub before: Vec<Step>,
 }
 
 /// Up to `limit` change-log rows of `range`, in log order.

@@ -42,10 +42,12 @@ impl Acl {
         let mut exact = BTreeMap::new();
         let mut prefixes = Vec::new();
         for (name, rc) in rooms {
+            // Roles compare case-insensitively, as tokens' roles do.
+            let roles: Vec<String> = rc.roles.iter().map(|r| r.to_lowercase()).collect();
             match name.strip_suffix('*') {
-                Some(prefix) => prefixes.push((prefix.to_string(), rc.roles.clone())),
+                Some(prefix) => prefixes.push((prefix.to_string(), roles)),
                 None => {
-                    exact.insert(name.clone(), rc.roles.clone());
+                    exact.insert(name.clone(), roles);
                 }
             }
         }
@@ -113,11 +115,17 @@ mod tests {
         assert!(acl.check(&agent, "tickets").is_ok());
         assert!(acl.check(&agent, "tickets:12").is_ok());
         assert!(acl.check(&agent, "users").is_ok());
-        assert_eq!(
-            acl.check(&customer, "tickets").unwrap_err().code(),
-            "forbidden"
-        );
-        assert!(acl.check(&customer, "kb").is_ok());
+        // Every role may join the helpdesk's rooms: rows are filtered by audience.
+        for room in [
+            "tickets",
+            "tickets:12",
+            "comments",
+            "attachments",
+            "users",
+            "kb",
+        ] {
+            assert!(acl.check(&customer, room).is_ok(), "{room}");
+        }
         assert!(acl.check(&customer, "user:3").is_ok());
         assert_eq!(acl.check(&agent, "user:3").unwrap_err().code(), "forbidden");
         assert_eq!(
@@ -129,5 +137,24 @@ mod tests {
             "unknown_room"
         );
         assert_eq!(acl.check(&agent, "").unwrap_err().code(), "bad_request");
+    }
+
+    #[test]
+    fn allow_lists_refuse_other_roles_case_insensitively() {
+        let mut rooms = BTreeMap::new();
+        rooms.insert(
+            "tickets".to_string(),
+            RoomConfig {
+                roles: vec!["Agent".into()],
+            },
+        );
+        let acl = Acl::new(&rooms);
+        assert!(acl.check(&user("1", "agent"), "tickets").is_ok());
+        assert_eq!(
+            acl.check(&user("3", "customer"), "tickets")
+                .unwrap_err()
+                .code(),
+            "forbidden"
+        );
     }
 }

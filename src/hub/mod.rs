@@ -13,6 +13,7 @@ pub mod acl;
 mod config;
 mod history;
 pub mod queue;
+mod rooms;
 mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,6 +27,7 @@ pub use acl::{Acl, JoinError};
 pub use config::HubConfig;
 pub use history::{History, HistoryFuture, HistoryPage, ResumeError};
 use queue::Queue;
+use rooms::Members;
 pub use session::{Delivery, OtherUser, Session};
 
 /// Most rooms one session may be in.
@@ -55,13 +57,16 @@ struct Entry {
     tx: Arc<Queue<Delivery>>,
     rooms: HashSet<Arc<str>>,
     kick: CancellationToken,
+    /// Whose session it is: events are decided per user (`Event::view`).
+    user: User,
+    transport: Transport,
 }
 
 struct State {
     /// Every event at or before this position has been published.
     position: Position,
     sessions: HashMap<SessionId, Entry>,
-    rooms: HashMap<Arc<str>, HashSet<SessionId>>,
+    rooms: HashMap<Arc<str>, Members>,
     /// The most recent events, to serve resumes without the database.
     replay: VecDeque<SharedEvent>,
     /// Every event after this position is in `replay`.
@@ -71,12 +76,12 @@ struct State {
 impl State {
     /// Takes session `id` out of `room`'s members, dropping the room's entry once it is
     /// empty. The one place a membership ends (leave, close, kick).
-    fn remove_member(&mut self, id: SessionId, room: &Arc<str>) {
+    fn remove_member(&mut self, id: SessionId, user: &User, room: &Arc<str>) {
         if !room.starts_with("user:") {
             metrics::gauge!("rowcast_joined_rooms").decrement(1.0);
         }
         if let Some(m) = self.rooms.get_mut(room) {
-            m.remove(&id);
+            m.remove(id, user);
             if m.is_empty() {
                 self.rooms.remove(room);
             }
@@ -85,12 +90,12 @@ impl State {
 
     /// Takes session `id` out of every room it is in (the session itself stays).
     fn detach(&mut self, id: SessionId) {
-        let rooms: Vec<Arc<str>> = match self.sessions.get_mut(&id) {
-            Some(entry) => entry.rooms.drain().collect(),
+        let (rooms, user): (Vec<Arc<str>>, User) = match self.sessions.get_mut(&id) {
+            Some(entry) => (entry.rooms.drain().collect(), entry.user.clone()),
             None => return,
         };
         for room in &rooms {
-            self.remove_member(id, room);
+            self.remove_member(id, &user, room);
         }
     }
 }
@@ -151,6 +156,29 @@ impl Hub {
         self.lock().sessions.len()
     }
 
+    /// The event at `seq` if the replay buffer still holds it.
+    pub fn replayed(&self, seq: Position) -> Option<SharedEvent> {
+        let st = self.lock();
+        st.replay.iter().find(|e| e.seq == seq).cloned()
+    }
+
+    /// The open sessions of user `sub`: each one's transport and rooms.
+    pub fn sessions_of(&self, sub: &str) -> Vec<(Transport, Vec<String>)> {
+        let st = self.lock();
+        let mut out: Vec<(Transport, Vec<String>)> = st
+            .sessions
+            .values()
+            .filter(|e| e.user.sub == sub)
+            .map(|e| {
+                let mut rooms: Vec<String> = e.rooms.iter().map(|r| r.to_string()).collect();
+                rooms.sort();
+                (e.transport, rooms)
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
     /// Number of rooms with at least one member (each user's private room included).
     pub fn room_count(&self) -> usize {
         self.lock().rooms.len()
@@ -172,17 +200,26 @@ impl Hub {
                 let Some(members) = st.rooms.get(room.as_str()) else {
                     continue;
                 };
-                for sid in members {
-                    if ev.rooms.len() > 1 && !seen.insert(*sid) {
-                        continue;
+                // Only the sessions the audience may admit are visited; each is decided
+                // once per event (a session can be found by role and by user).
+                members.candidates(&ev, |sid| {
+                    if !seen.insert(sid) {
+                        return;
                     }
-                    let Some(entry) = st.sessions.get(sid) else {
-                        continue;
+                    let Some(entry) = st.sessions.get(&sid) else {
+                        return;
                     };
-                    if entry.tx.push(Delivery::new(ev.clone(), idx as u8)).is_err() {
-                        kicked.push(*sid);
+                    let Some(view) = ev.view(&entry.user) else {
+                        return;
+                    };
+                    if entry
+                        .tx
+                        .push(Delivery::new(ev.clone(), idx as u8, view))
+                        .is_err()
+                    {
+                        kicked.push(sid);
                     }
-                }
+                });
             }
             if self.config.replay_buffer > 0 {
                 st.replay.push_back(ev);
@@ -227,9 +264,14 @@ impl Hub {
                     tx,
                     rooms: HashSet::from([user_room.clone()]),
                     kick: kick.clone(),
+                    user: user.clone(),
+                    transport,
                 },
             );
-            st.rooms.entry(user_room.clone()).or_default().insert(id);
+            st.rooms
+                .entry(user_room.clone())
+                .or_default()
+                .insert(id, &user);
             st.position
         };
         metrics::gauge!("rowcast_connections", "transport" => transport.as_str()).increment(1.0);
@@ -259,7 +301,7 @@ impl Hub {
         }
         let room: Arc<str> = Arc::from(room);
         entry.rooms.insert(room.clone());
-        st.rooms.entry(room).or_default().insert(id);
+        st.rooms.entry(room).or_default().insert(id, user);
         metrics::gauge!("rowcast_joined_rooms").increment(1.0);
         Ok(true)
     }
@@ -280,11 +322,32 @@ impl Hub {
 
     fn leave(&self, id: SessionId, room: &str) -> bool {
         let mut st = self.lock();
-        let Some(room) = st.sessions.get_mut(&id).and_then(|e| e.rooms.take(room)) else {
+        let Some((room, user)) = st
+            .sessions
+            .get_mut(&id)
+            .and_then(|e| Some((e.rooms.take(room)?, e.user.clone())))
+        else {
             return false;
         };
-        st.remove_member(id, &room);
+        st.remove_member(id, &user, &room);
         true
+    }
+
+    /// New credentials for session `id` (a token refresh): later events are decided for
+    /// `user`, and its rooms index it by its new roles.
+    fn refresh(&self, id: SessionId, user: &User) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(entry) = st.sessions.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.user, user.clone());
+        for room in &entry.rooms {
+            if let Some(m) = st.rooms.get_mut(room) {
+                m.remove(id, &old);
+                m.insert(id, user);
+            }
+        }
     }
 
     fn rooms_of(&self, id: SessionId) -> Vec<String> {
@@ -308,34 +371,47 @@ impl Hub {
         }
     }
 
-    /// One page of the events in `(after, until]` that go to any of `rooms`, in log order,
-    /// with the index of the room each came through, and the position to continue after
-    /// (`None` when the range is exhausted). `rooms` must already have passed the ACL.
+    /// One page of the events in `(after, until]` that go to any of `rooms` and that
+    /// `user` may see, in log order, each as the user receives it, and the position to
+    /// continue after (`None` when the range is exhausted). `rooms` must already have
+    /// passed the ACL. The same per-row decision as live delivery (`Event::view`).
     pub async fn catch_up_page(
         &self,
         rooms: &[String],
+        user: &User,
         after: Position,
         until: Position,
         limit: usize,
-    ) -> Result<(Vec<(SharedEvent, usize)>, Option<Position>), ResumeError> {
+    ) -> Result<(Vec<Delivery>, Option<Position>), ResumeError> {
         if after >= until || rooms.is_empty() {
             return Ok((Vec::new(), None));
         }
         let wanted: HashSet<&str> = rooms.iter().map(String::as_str).collect();
-        let pick = |ev: &Event| ev.rooms.iter().position(|r| wanted.contains(r.as_str()));
+        let pick = |ev: &SharedEvent| {
+            let room = ev.rooms.iter().position(|r| wanted.contains(r.as_str()))?;
+            let view = ev.view(user)?;
+            Some(Delivery::new(
+                ev.clone(),
+                room.min(u8::MAX as usize) as u8,
+                view,
+            ))
+        };
         {
             let st = self.lock();
             if after >= st.replay_floor {
-                let mut out = Vec::new();
+                // A page covers `limit` events of the buffer, whether or not the user
+                // may see them, so a page's work is bounded.
+                let mut out: Vec<Delivery> = Vec::new();
                 let mut next = None;
-                for ev in st.replay.iter().filter(|e| e.seq > after && e.seq <= until) {
-                    if out.len() >= limit {
-                        next = out.last().map(|(e, _): &(SharedEvent, usize)| e.seq);
+                let mut scanned: Option<Position> = None;
+                let range = st.replay.iter().filter(|e| e.seq > after && e.seq <= until);
+                for (count, ev) in range.enumerate() {
+                    if count >= limit {
+                        next = scanned;
                         break;
                     }
-                    if let Some(i) = pick(ev) {
-                        out.push((ev.clone(), i));
-                    }
+                    scanned = Some(ev.seq);
+                    out.extend(pick(ev));
                 }
                 return Ok((out, next));
             }
@@ -347,7 +423,7 @@ impl Hub {
         let out = page
             .events
             .into_iter()
-            .filter_map(|ev| pick(&ev).map(|i| (Arc::new(ev), i)))
+            .filter_map(|ev| pick(&Arc::new(ev)))
             .collect();
         Ok((out, page.next))
     }
@@ -368,6 +444,10 @@ mod tests {
             recipient: None,
             payload: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
             committed_at: time::OffsetDateTime::now_utc(),
+            audience: crate::event::Audience::everyone(),
+            before: None,
+            related: None,
+            variants: Default::default(),
         }
     }
 

@@ -6,22 +6,31 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::Queue;
 use super::{Hub, JoinError, SessionId, Transport};
-use crate::event::{Position, SharedEvent, User};
+use serde_json::value::RawValue;
 
-/// One event for one session, with the room it came through.
+use crate::event::{Position, SharedEvent, User, View};
+
+/// One event for one session: the room it came through and how this session's user
+/// receives it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub event: SharedEvent,
     room: u8,
+    pub view: View,
 }
 
 impl Delivery {
-    pub(super) fn new(event: SharedEvent, room: u8) -> Delivery {
-        Delivery { event, room }
+    pub(super) fn new(event: SharedEvent, room: u8, view: View) -> Delivery {
+        Delivery { event, room, view }
     }
 
     pub fn room(&self) -> &str {
         &self.event.rooms[self.room as usize]
+    }
+
+    /// The payload this session receives.
+    pub fn payload(&self) -> &RawValue {
+        self.event.payload(self.view)
     }
 }
 
@@ -98,6 +107,7 @@ impl Session {
         if user.sub != self.user.sub {
             return Err(OtherUser);
         }
+        self.hub.refresh(self.id, &user);
         self.user = user;
         Ok(())
     }

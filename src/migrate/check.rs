@@ -6,7 +6,7 @@ use super::MIGRATIONS;
 use super::logical::logical_prerequisites;
 use super::triggers::{TRIGGER, trigger_sql};
 use crate::capture::{CaptureConfig, CaptureMode};
-use crate::catalog::{Catalog, TableConfig, resolve, split_name};
+use crate::catalog::{Catalog, TableConfig, resolve};
 use crate::changelog;
 
 /// `rowcast check`: every problem between the configuration and the live database.
@@ -62,15 +62,12 @@ pub async fn check(
         problems.extend(check_logical(client, capture, &catalog).await?);
     }
     for spec in &catalog.tables {
-        let (schema, table) = split_name(&spec.name);
         let row = client
             .query_opt(
                 "SELECT t.tgenabled::text, p.prosrc FROM pg_trigger t
-                   JOIN pg_class c ON c.oid = t.tgrelid
-                   JOIN pg_namespace n ON n.oid = c.relnamespace
                    JOIN pg_proc p ON p.oid = t.tgfoid
-                  WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3",
-                &[&schema, &table, &TRIGGER],
+                  WHERE t.tgrelid = $1::text::regclass AND t.tgname = $2",
+                &[&spec.quoted, &TRIGGER],
             )
             .await?;
         match row {
@@ -87,7 +84,7 @@ pub async fn check(
                 let expected = trigger_sql(spec, capture.mode);
                 if !expected.contains(body.trim()) {
                     problems.push(format!(
-                        "table {}: capture trigger is out of date (key or hidden columns changed): run `rowcast migrate`",
+                        "table {}: capture trigger is out of date (key, hidden or audience columns changed): run `rowcast migrate`",
                         spec.name
                     ));
                 }

@@ -13,7 +13,7 @@ mod triggers;
 use tokio_postgres::Client;
 
 use crate::capture::{CaptureConfig, CaptureMode};
-use crate::catalog::{TableConfig, quote_ident, resolve, split_name};
+use crate::catalog::{TableConfig, TableName, quote_ident, resolve};
 use crate::changelog::MIGRATE_LOCK;
 
 pub use check::check;
@@ -105,7 +105,7 @@ pub async fn migrate(
     let configured: Vec<String> = catalog.tables.iter().map(|t| t.name.clone()).collect();
     let stale = tx
         .query(
-            "SELECT n.nspname || '.' || c.relname
+            "SELECT n.nspname::text, c.relname::text
                FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE t.tgname = $1 AND NOT (n.nspname || '.' || c.relname = ANY($2))",
@@ -113,12 +113,14 @@ pub async fn migrate(
         )
         .await?;
     for row in stale {
-        let name: String = row.get(0);
-        let (schema, table) = split_name(&name);
+        let table = TableName {
+            schema: row.get(0),
+            table: row.get(1),
+        };
+        let name = table.to_string();
         tx.batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS {TRIGGER} ON {}.{}; DROP FUNCTION IF EXISTS rowcast.{}()",
-            quote_ident(schema),
-            quote_ident(table),
+            "DROP TRIGGER IF EXISTS {TRIGGER} ON {}; DROP FUNCTION IF EXISTS rowcast.{}()",
+            table.quoted(),
             quote_ident(&triggers::function_name(&name)),
         ))
         .await?;

@@ -19,8 +19,9 @@ pub(super) fn function_name(table: &str) -> String {
 /// is `SECURITY DEFINER` (the application's role needs no rights on the rowcast schema).
 ///
 /// In logical mode the WAL carries inserts and updates; the trigger fires only on deletes
-/// and key-changing updates, to put the old row (hidden columns removed) into the stream
-/// as a transactional logical message.
+/// and on updates of key or audience columns, to put the old row (hidden columns removed),
+/// or the old values of the audience columns, into the stream as a transactional logical
+/// message.
 pub fn trigger_sql(spec: &TableSpec, mode: CaptureMode) -> String {
     let func = format!("rowcast.{}", quote_ident(&function_name(&spec.name)));
     let key = |rec: &str| {
@@ -46,15 +47,56 @@ pub fn trigger_sql(spec: &TableSpec, mode: CaptureMode) -> String {
         )
     };
     let name = spec.name.replace('\'', "''");
+    // The audience rule's columns: an update that changes them records their old values,
+    // so a row that leaves someone's view can be told from one that merely changed.
+    let rule_cols = |rec: &str| {
+        let cols: Vec<String> = spec
+            .rule_columns()
+            .iter()
+            .map(|c| format!("{rec}.{}", quote_ident(c)))
+            .collect();
+        cols.join(", ")
+    };
+    let rule_old = {
+        let pairs: Vec<String> = spec
+            .rule_columns()
+            .iter()
+            .map(|c| format!("'{}', OLD.{}", c.replace('\'', "''"), quote_ident(c)))
+            .collect();
+        format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
+    };
+    let has_rules = !spec.rule_columns().is_empty();
     if mode == CaptureMode::Logical {
-        let key_cols: Vec<String> = spec.key.iter().map(|k| quote_ident(&k.name)).collect();
+        let mut watched: Vec<String> = spec.key.iter().map(|k| quote_ident(&k.name)).collect();
+        for c in spec.rule_columns() {
+            let q = quote_ident(c);
+            if !watched.contains(&q) {
+                watched.push(q);
+            }
+        }
+        let on_update = if has_rules {
+            format!(
+                r#"
+      IF ROW({old_rules}) IS DISTINCT FROM ROW({new_rules}) THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, '{prefix}',
+          pg_catalog.jsonb_build_object('t', '{name}', 'u', pg_catalog.jsonb_build_array({new_key}),
+                                        'old', {rule_old})::text);
+      END IF;"#,
+                old_rules = rule_cols("OLD"),
+                new_rules = rule_cols("NEW"),
+                new_key = key("NEW"),
+                prefix = MESSAGE_PREFIX,
+            )
+        } else {
+            String::new()
+        };
         return format!(
             r#"
 CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $rowcast$
 BEGIN
   IF TG_OP = 'UPDATE' THEN
-    IF ROW({old_key}) IS NOT DISTINCT FROM ROW({new_key}) THEN
+    IF ROW({old_key}) IS NOT DISTINCT FROM ROW({new_key}) THEN{on_update}
       RETURN NULL;
     END IF;
   END IF;
@@ -64,12 +106,12 @@ BEGIN
 END
 $rowcast$;
 REVOKE ALL ON FUNCTION {func}() FROM PUBLIC;
-CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE OR UPDATE OF {key_cols} ON {table}
+CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE OR UPDATE OF {watched} ON {table}
   FOR EACH ROW EXECUTE FUNCTION {func}();
 "#,
             old_key = key("OLD"),
             new_key = key("NEW"),
-            key_cols = key_cols.join(", "),
+            watched = watched.join(", "),
             table = spec.quoted,
             prefix = MESSAGE_PREFIX,
         );
@@ -86,8 +128,8 @@ BEGIN
       INSERT INTO rowcast.changes (op, tbl, pk)
       VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}));
     ELSE
-      INSERT INTO rowcast.changes (op, tbl, pk)
-      VALUES ('{upd}', '{name}', pg_catalog.jsonb_build_array({new_key}));
+      INSERT INTO rowcast.changes (op, tbl, pk{old_col})
+      VALUES ('{upd}', '{name}', pg_catalog.jsonb_build_array({new_key}){old_val});
     END IF;
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO rowcast.changes (op, tbl, pk)
@@ -110,6 +152,16 @@ CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
         old_key = key("OLD"),
         new_key = key("NEW"),
         table = spec.quoted,
+        old_col = if has_rules { ", old" } else { "" },
+        old_val = if has_rules {
+            format!(
+                ",\n        CASE WHEN ROW({}) IS DISTINCT FROM ROW({}) THEN {rule_old} END",
+                rule_cols("OLD"),
+                rule_cols("NEW")
+            )
+        } else {
+            String::new()
+        },
         ins = Op::Insert.code() as char,
         upd = Op::Update.code() as char,
         del = Op::Delete.code() as char,

@@ -4,8 +4,8 @@
 
 use std::collections::HashSet;
 
-use crate::event::{Position, SharedEvent};
-use crate::hub::{Hub, ResumeError};
+use crate::event::{Position, User};
+use crate::hub::{Delivery, Hub, ResumeError};
 
 /// Events per catch-up page (the replay buffer or one read of the change log).
 pub const CATCH_UP_PAGE: usize = 500;
@@ -96,17 +96,19 @@ impl CatchUp {
         self.until
     }
 
-    /// The next page (events with the index of the room each came through), or `None`
-    /// once everything is sent. An error ends the catch-up.
+    /// The next page of what `user` missed, each event as the user receives it (the
+    /// same per-row decision as live delivery), or `None` once everything is sent. An
+    /// error ends the catch-up.
     pub async fn next(
         &mut self,
         hub: &Hub,
-    ) -> Option<Result<Vec<(SharedEvent, usize)>, ResumeError>> {
+        user: &User,
+    ) -> Option<Result<Vec<Delivery>, ResumeError>> {
         if self.done {
             return None;
         }
         let page = hub
-            .catch_up_page(&self.rooms, self.after, self.until, CATCH_UP_PAGE)
+            .catch_up_page(&self.rooms, user, self.after, self.until, CATCH_UP_PAGE)
             .await;
         match page {
             Ok((events, next)) => {

@@ -1,10 +1,16 @@
-//! Routing: from an enriched row to the event a client or webhook sees — its name, payload
-//! and rooms. Pure functions; no I/O.
+//! Routing: from an enriched row to the event a client or webhook sees — its name, its
+//! payloads (one per `View` some user will get, each serialized once), its rooms and its
+//! audience. Pure functions; no I/O.
 
 use serde_json::{Map, Value, json};
 
 use crate::catalog::{TableSpec, scalar_text};
-use crate::event::{Event, Op, Position};
+use crate::event::{Audience, Event, Op, Position, Reach, Variants};
+
+/// The `reason` of a removal: the row left the user's view.
+pub const LEFT_VIEW: &str = "no_longer_visible";
+/// The `reason` of an insert sent because the row entered the user's view.
+pub const ENTERED_VIEW: &str = "now_visible";
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
@@ -40,6 +46,12 @@ pub struct Enriched<'a> {
     pub committed_at: time::OffsetDateTime,
     /// Notifications: the related entity, hidden columns removed.
     pub related: Option<Value>,
+    /// Who may receive it; for a delete, who could see the row.
+    pub audience: Audience,
+    /// An update that changed who sees the row: who could see it before.
+    pub before: Option<Reach>,
+    /// Notifications: who may see `related`.
+    pub related_audience: Option<Audience>,
 }
 
 /// Builds the event for an entity table: `<entity>.update` to the entity's rooms.
@@ -64,6 +76,42 @@ pub fn entity_event(e: Enriched<'_>) -> Event {
         "old": old,
         "committed_at": rfc3339(e.committed_at),
     });
+    // Users whose view of the row changed get it as an insert (the whole row) or as a
+    // removal carrying only the key, no content of the row they lost.
+    let variants = match e.before {
+        Some(_) => {
+            let id = payload_id(e.pk);
+            let key = key_object(spec, e.pk);
+            Variants {
+                entered: Some(to_raw(&json!({
+                    "event": format!("{entity}.{}", Op::Insert.past()),
+                    "op": Op::Insert.as_str(),
+                    "entity": entity,
+                    "table": spec.name,
+                    "id": id,
+                    "seq": e.seq,
+                    "data": e.row,
+                    "old": Value::Null,
+                    "reason": ENTERED_VIEW,
+                    "committed_at": rfc3339(e.committed_at),
+                }))),
+                left: Some(to_raw(&json!({
+                    "event": format!("{entity}.{}", Op::Delete.past()),
+                    "op": Op::Delete.as_str(),
+                    "entity": entity,
+                    "table": spec.name,
+                    "id": id,
+                    "seq": e.seq,
+                    "data": key,
+                    "old": key,
+                    "reason": LEFT_VIEW,
+                    "committed_at": rfc3339(e.committed_at),
+                }))),
+                redacted: None,
+            }
+        }
+        None => Variants::default(),
+    };
     Event {
         seq: e.seq,
         name: format!("{entity}.update"),
@@ -73,6 +121,10 @@ pub fn entity_event(e: Enriched<'_>) -> Event {
         recipient: None,
         payload: to_raw(&payload),
         committed_at: e.committed_at,
+        audience: e.audience,
+        before: e.before,
+        related: None,
+        variants,
     }
 }
 
@@ -87,7 +139,8 @@ pub fn notification_event(e: Enriched<'_>) -> Event {
         .and_then(|c| e.row.get(c))
         .and_then(scalar_text);
     let event_type = format!("notification.{}", e.op.past());
-    let payload = json!({
+    let has_data = e.related.is_some();
+    let mut payload = json!({
         "event": event_type,
         "op": e.op.as_str(),
         "id": payload_id(e.pk),
@@ -95,6 +148,15 @@ pub fn notification_event(e: Enriched<'_>) -> Event {
         "notification": e.row,
         "data": e.related.unwrap_or(Value::Null),
         "committed_at": rfc3339(e.committed_at),
+    });
+    // A recipient who may not see the related row gets the notification without it.
+    let related = e
+        .related_audience
+        .filter(|a| has_data && a.reach != Reach::Everyone);
+    let full = to_raw(&payload);
+    let redacted = related.as_ref().map(|_| {
+        payload["data"] = Value::Null;
+        to_raw(&payload)
     });
     Event {
         seq: e.seq,
@@ -106,9 +168,19 @@ pub fn notification_event(e: Enriched<'_>) -> Event {
         event_type,
         table: spec.name.clone(),
         rooms: recipient.iter().map(|r| format!("user:{r}")).collect(),
+        audience: Audience {
+            roles: std::sync::Arc::from(Vec::new()),
+            reach: recipient.clone().map_or(Reach::Nobody, Reach::user),
+        },
         recipient,
-        payload: to_raw(&payload),
+        payload: full,
         committed_at: e.committed_at,
+        before: None,
+        related,
+        variants: Variants {
+            redacted,
+            ..Variants::default()
+        },
     }
 }
 

@@ -63,7 +63,11 @@ pub async fn handler(
             axum::Json(json!({ "events": [], "next": until, "more": false })).into_response(),
         );
     };
-    let (events, next) = match app.hub.catch_up_page(&rooms, since, until, limit).await {
+    let (events, next) = match app
+        .hub
+        .catch_up_page(&rooms, &user, since, until, limit)
+        .await
+    {
         Ok(page) => page,
         Err(ResumeError::ResyncRequired { since, pruned }) => {
             let body = json!({
@@ -79,11 +83,11 @@ pub async fn handler(
     };
     let polled: Vec<PolledEvent> = events
         .iter()
-        .map(|(ev, room)| PolledEvent {
-            event: &ev.name,
-            room: &ev.rooms[*room],
-            seq: ev.seq,
-            payload: &ev.payload,
+        .map(|d| PolledEvent {
+            event: &d.event.name,
+            room: d.room(),
+            seq: d.event.seq,
+            payload: d.payload(),
         })
         .collect();
     // A client ahead of this replica (it polled another one) keeps its own position.

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{StreamQuery, checked_rooms, expiry_sleep, parse_since};
 use crate::api::{ApiError, AppState};
-use crate::event::{Position, SharedEvent};
-use crate::hub::{ResumeError, Session, Transport};
+use crate::event::Position;
+use crate::hub::{Delivery, ResumeError, Session, Transport};
 use crate::protocol::{CatchUp, CloseReason, Resume};
 
 /// `GET /events`: authenticates (401), checks every room (403) and `since` /
@@ -116,7 +116,7 @@ impl Conn {
                 // 4. Live events.
                 d = self.session.rx.next() => {
                     if self.resume.is_new(d.event.seq) {
-                        self.pending.push_back(event(&d.event));
+                        self.pending.push_back(event(&d));
                     }
                 }
             }
@@ -126,10 +126,10 @@ impl Conn {
     /// Queues the next page of the catch-up; after the last one, the `ready` event.
     async fn catch_up_page(&mut self, mut catch_up: CatchUp) {
         let hub = self.session.hub().clone();
-        match catch_up.next(&hub).await {
+        match catch_up.next(&hub, &self.session.user).await {
             None => self.push_ready(),
-            Some(Ok(events)) => {
-                self.pending.extend(events.iter().map(|(ev, _)| event(ev)));
+            Some(Ok(deliveries)) => {
+                self.pending.extend(deliveries.iter().map(event));
                 self.catch_up = Some(catch_up);
             }
             Some(Err(ResumeError::ResyncRequired { since, pruned })) => {
@@ -178,9 +178,9 @@ impl Conn {
     }
 }
 
-fn event(ev: &SharedEvent) -> SseEvent {
+fn event(d: &Delivery) -> SseEvent {
     SseEvent::default()
-        .id(ev.seq.to_string())
-        .event(&ev.name)
-        .data(ev.payload.get())
+        .id(d.event.seq.to_string())
+        .event(&d.event.name)
+        .data(d.payload().get())
 }

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use super::{StreamQuery, expiry_sleep, parse_since, room_list};
 use crate::api::{ApiError, AppState};
-use crate::event::{Position, SharedEvent};
+use crate::event::Position;
 use crate::hub::{Delivery, ResumeError, Session, Transport};
 use crate::protocol::{
     CatchUp, ClientFrame, CloseReason, ErrorCode, Flow, Notice, RESUME_FAILED, Resume,
@@ -78,13 +78,13 @@ struct EventFrame<'a> {
 }
 
 /// The `event` frame for one delivery.
-pub fn event_frame(event: &SharedEvent, room: &str) -> String {
+pub fn event_frame(d: &Delivery) -> String {
     serde_json::to_string(&EventFrame {
         kind: "event",
-        event: &event.name,
-        room,
-        seq: event.seq,
-        payload: &event.payload,
+        event: &d.event.name,
+        room: d.room(),
+        seq: d.event.seq,
+        payload: d.payload(),
     })
     .expect("event frames always serialize")
 }
@@ -168,7 +168,7 @@ impl Conn {
         let mut last = None;
         for d in batch {
             if self.resume.is_new(d.event.seq) {
-                frames.push(event_frame(&d.event, d.room()));
+                frames.push(event_frame(&d));
                 last = Some(d.event.seq);
             }
         }
@@ -294,15 +294,14 @@ impl Conn {
     async fn catch_up(&mut self, rooms: Vec<String>, since: Position, until: Position) -> Flow {
         let hub = self.session.hub().clone();
         let mut catch_up = CatchUp::new(rooms, since, until);
-        while let Some(page) = catch_up.next(&hub).await {
+        while let Some(page) = catch_up.next(&hub, &self.session.user).await {
             match page {
-                Ok(events) => {
-                    for (ev, room) in events {
-                        let frame = event_frame(&ev, &ev.rooms[room]);
-                        if !self.send(Message::Text(frame.into())).await {
+                Ok(deliveries) => {
+                    for d in deliveries {
+                        if !self.send(Message::Text(event_frame(&d).into())).await {
                             return Flow::Stop;
                         }
-                        self.last_sent = Some(ev.seq);
+                        self.last_sent = Some(d.event.seq);
                     }
                 }
                 Err(ResumeError::ResyncRequired { since, pruned }) => {

@@ -33,7 +33,7 @@ async fn sse_events(node: &mut Node, n: usize) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn sse_with_eventsource_streams_events_and_resumes_from_last_event_id() {
-    let (db, server) = support::start().await;
+    let (db, server) = support::start_with(|c| c.rooms = support::staff_rooms()).await;
     let token = server.token("1", "agent");
     let http = reqwest::Client::new();
     let url = format!("{}/events?rooms=tickets&token={token}", server.http());
@@ -119,7 +119,7 @@ async fn sse_with_eventsource_streams_events_and_resumes_from_last_event_id() {
 
 #[tokio::test]
 async fn polling_pages_through_changes_with_auth_acl_and_errors() {
-    let (db, server) = support::start().await;
+    let (db, server) = support::start_with(|c| c.rooms = support::staff_rooms()).await;
     let token = server.token("1", "agent");
     let http = reqwest::Client::new();
     let get = |q: String| {

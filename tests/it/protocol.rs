@@ -66,7 +66,7 @@ async fn bad_tokens_are_refused_with_401() {
 
 #[tokio::test]
 async fn bad_frames_get_error_frames_and_others_keep_working() {
-    let (db, server) = support::start().await;
+    let (db, server) = support::start_with(|c| c.rooms = support::staff_rooms()).await;
     let (mut customer, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("3", "customer"))))
             .await;

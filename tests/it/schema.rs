@@ -80,6 +80,9 @@ async fn check_reports_every_problem() {
 table = "tickets"
 entity = "ticket"
 room = "tickets"
+[tables.audience]
+roles = ["agent"]
+rows = "requester_id = $user"
 
 [[tables]]
 table = "comments"

@@ -57,7 +57,7 @@ pub fn sio(server: &Server) -> Node {
 
 #[tokio::test]
 async fn socketio_auth_join_acks_events_and_private_notifications() {
-    let (db, server) = support::start().await;
+    let (db, server) = support::start_with(|c| c.rooms = support::staff_rooms()).await;
     let mut n = sio(&server);
 
     // Refused handshakes reach the client as connect_error with a clear message.

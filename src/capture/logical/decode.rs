@@ -47,6 +47,9 @@ pub struct Decoder {
     txn: Vec<Decoded>,
     /// Each delete still waiting for its old row, by (table, key).
     awaiting_old: HashMap<(String, String), Awaiting>,
+    /// The latest update of each row in the open transaction, by (table, key): where the
+    /// old values of its audience columns go when their message comes.
+    last_update: HashMap<(String, String), Awaiting>,
     /// Old rows that arrived for deletes already in the log.
     fixes: Vec<OldRowFix>,
 }
@@ -58,6 +61,7 @@ impl Decoder {
             relations: HashMap::new(),
             txn: Vec::new(),
             awaiting_old: HashMap::new(),
+            last_update: HashMap::new(),
             fixes: Vec::new(),
         }
     }
@@ -70,6 +74,7 @@ impl Decoder {
     pub fn discard(&mut self) {
         self.txn.clear();
         self.awaiting_old.clear();
+        self.last_update.clear();
         self.fixes.clear();
     }
 
@@ -91,7 +96,11 @@ impl Decoder {
     /// The chunk from [`Decoder::take_chunk`] is in the log with these `seq`s, in its order:
     /// old rows that arrive later for its deletes become fixes.
     pub fn written(&mut self, seqs: &[i64]) {
-        for a in self.awaiting_old.values_mut() {
+        for a in self
+            .awaiting_old
+            .values_mut()
+            .chain(self.last_update.values_mut())
+        {
             if let Awaiting::Buffered(i) = *a {
                 *a = Awaiting::Written(seqs[i]);
             }
@@ -101,6 +110,7 @@ impl Decoder {
     /// The committed transaction's remaining changes and fixes. A delete whose old row
     /// never came (its trigger was missing) carries the key columns as its old row.
     pub fn commit(&mut self) -> (Vec<Decoded>, Vec<OldRowFix>) {
+        self.last_update.clear();
         for ((table, pk), a) in std::mem::take(&mut self.awaiting_old) {
             if let Awaiting::Written(seq) = a {
                 let pk = serde_json::from_str(&pk).unwrap_or(Value::Null);
@@ -205,7 +215,9 @@ impl Decoder {
         Ok(())
     }
 
-    /// A `rowcast` message: `{"t": table, "old": row}` for a delete or a key change.
+    /// A `rowcast` message: `{"t": table, "old": row}` for a delete or a key change, or
+    /// `{"t": table, "u": key, "old": values}` with the old values of the audience columns
+    /// an update changed.
     pub fn old_row(&mut self, content: &[u8]) -> Result<(), LogicalError> {
         let v: Value = serde_json::from_slice(content)
             .map_err(|e| LogicalError::Decode(format!("rowcast message: {e}")))?;
@@ -217,6 +229,16 @@ impl Decoder {
         let Some(spec) = self.catalog.by_name(table) else {
             return Ok(());
         };
+        if let Some(key) = v.get("u") {
+            // The update came before its trigger's message (AFTER ROW triggers run at the
+            // end of the statement); an update not published carries nothing to attach to.
+            match self.last_update.get(&(table.to_string(), key.to_string())) {
+                Some(Awaiting::Buffered(i)) => self.txn[*i].old = Some(old.clone()),
+                Some(Awaiting::Written(seq)) => self.fixes.push((*seq, old.clone())),
+                None => {}
+            }
+            return Ok(());
+        }
         let pk = Value::Array(
             spec.key
                 .iter()
@@ -245,6 +267,12 @@ impl Decoder {
 
     fn push(&mut self, op: Op, relation_id: u32, pk: Value) {
         let table = self.relations[&relation_id].spec.name.clone();
+        if op == Op::Update {
+            self.last_update.insert(
+                (table.clone(), pk.to_string()),
+                Awaiting::Buffered(self.txn.len()),
+            );
+        }
         if op == Op::Delete {
             let replaced = self.awaiting_old.insert(
                 (table.clone(), pk.to_string()),
@@ -423,6 +451,46 @@ mod tests {
         ];
         assert_eq!(got, want);
         assert!(d.commit().0.is_empty(), "a commit takes every change");
+    }
+
+    /// An update's trigger message carries the old values of the audience columns it
+    /// changed: they become the update's `old`, buffered or (large transactions) by `seq`.
+    #[test]
+    fn updates_get_the_old_values_of_their_audience_columns() {
+        let mut d = Decoder::new(catalog());
+        d.begin();
+        relation(&mut d);
+        let update = |id: &str| LogicalReplicationMessage::Update {
+            relation_id: 16400,
+            old_tuple: None,
+            new_tuple: tuple(id),
+            key_type: None,
+        };
+        d.message(update("1")).unwrap();
+        d.message(update("2")).unwrap();
+        d.old_row(br#"{"t":"public.tickets","u":[1],"old":{"requester_id":3}}"#)
+            .unwrap();
+        // A message for an update that was not published is dropped.
+        d.old_row(br#"{"t":"public.tickets","u":[9],"old":{"requester_id":4}}"#)
+            .unwrap();
+        let (changes, fixes) = d.commit();
+        assert!(fixes.is_empty());
+        let olds: Vec<Option<String>> = changes
+            .iter()
+            .map(|c| c.old.as_ref().map(|o| o.to_string()))
+            .collect();
+        assert_eq!(olds, vec![Some(r#"{"requester_id":3}"#.into()), None]);
+        assert!(changes.iter().all(|c| c.op == Op::Update));
+
+        d.begin();
+        d.message(update("5")).unwrap();
+        let _ = d.take_chunk();
+        d.written(&[300]);
+        d.old_row(br#"{"t":"public.tickets","u":[5],"old":{"requester_id":7}}"#)
+            .unwrap();
+        let (changes, fixes) = d.commit();
+        assert!(changes.is_empty());
+        assert_eq!(fixes, vec![(300, serde_json::json!({"requester_id": 7}))]);
     }
 
     /// A large transaction written in chunks: deletes written before their old row came

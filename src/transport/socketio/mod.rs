@@ -306,7 +306,7 @@ impl Conn {
         if !self.resume.is_new(d.event.seq) {
             return Flow::Continue;
         }
-        let flow = self.emit_event(&d.event.name, &*d.event.payload).await;
+        let flow = self.emit_event(&d.event.name, d.payload()).await;
         if let Flow::Continue = flow {
             self.last_sent = Some(d.event.seq);
         }
@@ -371,14 +371,14 @@ impl Conn {
         let hub = self.session.hub().clone();
         let mut catch_up = CatchUp::new(rooms, since, until);
         // Boxed: keeps the idle per-socket future small.
-        while let Some(page) = Box::pin(catch_up.next(&hub)).await {
+        while let Some(page) = Box::pin(catch_up.next(&hub, &self.session.user)).await {
             match page {
-                Ok(events) => {
-                    for (ev, _) in events {
-                        if let Flow::Stop = self.emit_event(&ev.name, &*ev.payload).await {
+                Ok(deliveries) => {
+                    for d in deliveries {
+                        if let Flow::Stop = self.emit_event(&d.event.name, d.payload()).await {
                             return Flow::Stop;
                         }
-                        self.last_sent = Some(ev.seq);
+                        self.last_sent = Some(d.event.seq);
                     }
                 }
                 Err(ResumeError::ResyncRequired { since, pruned }) => {

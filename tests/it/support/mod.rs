@@ -180,6 +180,21 @@ impl Server {
     }
 }
 
+/// Room allow-lists that keep `tickets`, `comments`, `attachments` and `users` (and
+/// `tickets:*`) to agents and admins, `kb` open to all: for tests of refused joins (the
+/// default lets every role join, and filters rows).
+pub fn staff_rooms() -> std::collections::BTreeMap<String, rowcast::catalog::RoomConfig> {
+    let room = |roles: &[&str]| rowcast::catalog::RoomConfig {
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    };
+    let mut rooms = std::collections::BTreeMap::new();
+    for r in ["tickets", "tickets:*", "comments", "attachments", "users"] {
+        rooms.insert(r.to_string(), room(&["agent", "admin"]));
+    }
+    rooms.insert("kb".into(), room(&["*"]));
+    rooms
+}
+
 /// The usual setup: a seeded helpdesk database, migrated, and rowcast serving it.
 pub async fn start() -> (Db, Server) {
     start_with(|_| {}).await
