@@ -104,9 +104,7 @@ async fn put_own(
     let req = body(b)?;
     let url = checked_url(&app, &req.url).await?;
     let client = app.pool.get().await.map_err(db)?;
-    let (ep, created) = endpoints::put_user(&**client, &u.sub, &url)
-        .await
-        .map_err(db)?;
+    let (ep, created) = endpoints::put_user(&**client, &u, &url).await.map_err(db)?;
     let status = if created {
         StatusCode::CREATED
     } else {

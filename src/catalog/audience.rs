@@ -548,16 +548,26 @@ pub enum EvalError {
 
 /// What a rule needs beyond the row itself: the rows it refers to.
 pub trait Parents {
-    /// The reach of the `table` row with key `key` (the key values as JSON text, like
-    /// `Change::pk.to_string()`): `None` when that row is not known.
-    fn reach(&self, table: &str, key: &Value) -> Option<Result<Reach, EvalError>>;
+    /// The reach of the `table` row with key `key` (the key values as a JSON array):
+    /// `None` when that row is not known. `trace` records the parent rule's steps.
+    fn reach(
+        &self,
+        table: &str,
+        key: &Value,
+        trace: Option<&mut Vec<Step>>,
+    ) -> Option<Result<Reach, EvalError>>;
 }
 
 /// Parents that are never known (tables without parent references).
 pub struct NoParents;
 
 impl Parents for NoParents {
-    fn reach(&self, _: &str, _: &Value) -> Option<Result<Reach, EvalError>> {
+    fn reach(
+        &self,
+        _: &str,
+        _: &Value,
+        _: Option<&mut Vec<Step>>,
+    ) -> Option<Result<Reach, EvalError>> {
         None
     }
 }
@@ -667,7 +677,7 @@ impl Rule {
                 if key.as_array().is_some_and(|k| k.iter().any(Value::is_null)) {
                     (Reach::Nobody, format!("{} is null", columns.join(", ")))
                 } else {
-                    match parents.reach(table, &key) {
+                    match parents.reach(table, &key, trace.as_deref_mut()) {
                         Some(r) => (r?, format!("{table} row {key}")),
                         None => {
                             return Err(EvalError::MissingParent {
@@ -753,7 +763,12 @@ mod tests {
 
     struct Tickets;
     impl Parents for Tickets {
-        fn reach(&self, table: &str, key: &Value) -> Option<Result<Reach, EvalError>> {
+        fn reach(
+            &self,
+            table: &str,
+            key: &Value,
+            _: Option<&mut Vec<Step>>,
+        ) -> Option<Result<Reach, EvalError>> {
             (table == "tickets" && key == &json!([1])).then(|| Ok(Reach::user("3".into())))
         }
     }

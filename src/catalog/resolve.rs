@@ -328,7 +328,7 @@ pub async fn resolve<C: GenericClient>(
             catalog.push(spec);
         }
     }
-    problems.extend(check_references(client, &catalog, &oids).await?);
+    problems.extend(check_references(client, &catalog, tables, &oids).await?);
     Ok((catalog, problems))
 }
 
@@ -338,27 +338,41 @@ pub async fn resolve<C: GenericClient>(
 async fn check_references<C: GenericClient>(
     client: &C,
     catalog: &Catalog,
+    tables: &[TableConfig],
     oids: &HashMap<String, u32>,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut problems = Vec::new();
+    let configured = |written: &str| {
+        let name = TableName::parse(written);
+        tables
+            .iter()
+            .any(|t| TableName::parse(&t.table).is_some() && TableName::parse(&t.table) == name)
+    };
+    let missing = |spec: &TableSpec, what: &str, table: &str| {
+        if configured(table) {
+            format!(
+                "table {}: {what} {table}, which has problems of its own (see above)",
+                spec.name
+            )
+        } else {
+            format!(
+                "table {}: {what} {table}, which is not a configured table (add it to [[tables]])",
+                spec.name
+            )
+        }
+    };
     for spec in &catalog.tables {
         if let Some(related) = &spec.config.related_table
             && catalog.lookup(related).is_none()
         {
-            problems.push(format!(
-                "table {}: related_table {related} is not a configured table (add it to [[tables]])",
-                spec.name
-            ));
+            problems.push(missing(spec, "related_table is", related));
         }
         let Some(rule) = spec.audience.as_ref().and_then(|a| a.rule.as_ref()) else {
             continue;
         };
         for (columns, table) in rule.parents() {
             let Some(parent) = catalog.lookup(&table) else {
-                problems.push(format!(
-                    "table {}: audience.rows refers to {table}, which is not a configured table (add it to [[tables]])",
-                    spec.name
-                ));
+                problems.push(missing(spec, "audience.rows refers to", &table));
                 continue;
             };
             if parent.key.len() != columns.len() {

@@ -132,11 +132,16 @@ impl BatchParents {
 }
 
 impl Parents for BatchParents {
-    fn reach(&self, table: &str, key: &Value) -> Option<Result<Reach, EvalError>> {
+    fn reach(
+        &self,
+        table: &str,
+        key: &Value,
+        trace: Option<&mut Vec<Step>>,
+    ) -> Option<Result<Reach, EvalError>> {
         let spec = self.catalog.lookup(table)?;
         let values = key.as_array()?;
         let row = self.rows.get(&(spec.name.clone(), key_text(values)))?;
-        Some(spec.reach(row, self, None))
+        Some(spec.reach(row, self, trace))
     }
 }
 

@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "slot_positions",
         include_str!("../../sql/003_slot_positions.sql"),
     ),
+    (
+        4,
+        "endpoint_roles",
+        include_str!("../../sql/004_endpoint_roles.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

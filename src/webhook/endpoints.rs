@@ -5,7 +5,10 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use serde_json::value::RawValue;
+
 use super::sign;
+use crate::event::{Event, User};
 
 /// Filter given to a user's own endpoint: their notifications.
 pub const USER_EVENT_TYPES: &[&str] = &["notification.created"];
@@ -91,7 +94,8 @@ pub fn validate_filters(filters: &[String]) -> Result<(), String> {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub id: Uuid,
-    pub user_id: Option<String>,
+    /// A user's own endpoint: that user, with the roles their token had when they set it.
+    pub user: Option<User>,
     pub event_types: Vec<String>,
 }
 
@@ -100,9 +104,19 @@ impl Route {
     /// every event its filters match.
     pub fn wants(&self, event_type: &str, recipient: Option<&str>) -> bool {
         let typed = self.event_types.iter().any(|f| matches(f, event_type));
-        match &self.user_id {
-            Some(user) => typed && recipient == Some(user.as_str()),
+        match &self.user {
+            Some(user) => typed && recipient == Some(user.sub.as_str()),
             None => typed,
+        }
+    }
+
+    /// The payload this endpoint receives, if any: a user's endpoint gets what that user
+    /// would get on the live transports (a notification's related row only if they may see
+    /// it); admin endpoints get events whole.
+    pub fn payload<'e>(&self, event: &'e Event) -> Option<&'e RawValue> {
+        match &self.user {
+            Some(user) => event.view(user).map(|view| event.payload(view)),
+            None => Some(&event.payload),
         }
     }
 }
@@ -111,7 +125,7 @@ impl Route {
 pub async fn routes<C: GenericClient>(client: &C) -> Result<Vec<Route>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id, user_id, event_types FROM rowcast.webhook_endpoints WHERE enabled",
+            "SELECT id, user_id, event_types, roles FROM rowcast.webhook_endpoints WHERE enabled",
             &[],
         )
         .await?;
@@ -119,7 +133,11 @@ pub async fn routes<C: GenericClient>(client: &C) -> Result<Vec<Route>, tokio_po
         .iter()
         .map(|r| Route {
             id: r.get(0),
-            user_id: r.get(1),
+            user: r.get::<_, Option<String>>(1).map(|sub| User {
+                sub,
+                roles: r.get(3),
+                exp: None,
+            }),
             event_types: r.get(2),
         })
         .collect())
@@ -144,20 +162,28 @@ pub async fn get_user<C: GenericClient>(
 /// was created.
 pub async fn put_user<C: GenericClient>(
     client: &C,
-    user: &str,
+    user: &User,
     url: &str,
 ) -> Result<(Endpoint, bool), tokio_postgres::Error> {
     let types: Vec<String> = USER_EVENT_TYPES.iter().map(|s| s.to_string()).collect();
     let row = client
         .query_one(
             &format!(
-                "INSERT INTO rowcast.webhook_endpoints (id, user_id, url, event_types, secret, created_by)
-                 VALUES ($1, $2, $3, $4, $5, $2)
+                "INSERT INTO rowcast.webhook_endpoints (id, user_id, url, event_types, secret, created_by, roles)
+                 VALUES ($1, $2, $3, $4, $5, $2, $6)
                  ON CONFLICT (user_id) DO UPDATE
-                    SET url = EXCLUDED.url, enabled = true, disabled_reason = NULL, updated_at = now()
+                    SET url = EXCLUDED.url, roles = EXCLUDED.roles, enabled = true,
+                        disabled_reason = NULL, updated_at = now()
                  RETURNING {COLUMNS}, xmax = 0"
             ),
-            &[&Uuid::now_v7(), &user, &url, &types, &sign::new_secret()],
+            &[
+                &Uuid::now_v7(),
+                &user.sub,
+                &url,
+                &types,
+                &sign::new_secret(),
+                &user.roles,
+            ],
         )
         .await?;
     Ok((endpoint(&row), row.get(11)))
@@ -331,7 +357,11 @@ mod tests {
         assert!(validate_filters(&["ti cket.*".into()]).is_err());
         let user = Route {
             id: Uuid::nil(),
-            user_id: Some("7".into()),
+            user: Some(User {
+                sub: "7".into(),
+                roles: vec![],
+                exp: None,
+            }),
             event_types: vec!["notification.created".into()],
         };
         assert!(user.wants("notification.created", Some("7")));

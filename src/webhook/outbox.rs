@@ -65,11 +65,14 @@ pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, 
             .iter()
             .filter(|r| r.wants(&e.event_type, e.recipient.as_deref()))
         {
+            let Some(payload) = r.payload(e) else {
+                continue;
+            };
             new.push(NewDelivery {
                 endpoint_id: r.id,
                 change_seq: e.seq.0,
                 event_type: e.event_type.clone(),
-                payload: e.payload.get().to_string(),
+                payload: payload.get().to_string(),
             });
         }
     }

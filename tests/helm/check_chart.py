@@ -59,9 +59,15 @@ EVERYTHING = {
         "hub": {"session_queue": 1024, "ping_interval": "20s"},
         "webhook": {"retry_schedule": ["5s", "5m", "30m"], "concurrency": 32, "allow_cidrs": ["10.1.0.0/16"]},
         "http": {"cors_origins": ["https://app.example.com"], "max_body_bytes": 131072},
-        "jwt": {"role_claim": "https://example.com/roles", "audience": "helpdesk"},
+        "jwt": {"role_claim": "https://example.com/roles", "audience": "helpdesk", "flag_roles": {"isAdmin": "admin"}},
         "tables": [
-            {"table": "public.tickets", "entity": "ticket", "room": "tickets", "rooms": ["tickets:{id}"]},
+            {
+                "table": "public.tickets",
+                "entity": "ticket",
+                "room": "tickets",
+                "rooms": ["tickets:{id}"],
+                "audience": {"roles": ["agent", "admin"], "rows": "requester_id = $user"},
+            },
             {"table": "public.users", "entity": "user", "room": "users", "hidden": ["password_hash"]},
             {
                 "table": "public.notifications",

@@ -88,6 +88,10 @@ fn chart_lints_renders_and_validates_with_every_option() {
         ]
     );
     assert_eq!(all.tables[1].hidden, ["password_hash"]);
+    let audience = all.tables[0].audience.as_ref().expect("tickets audience");
+    assert_eq!(audience.roles, ["agent", "admin"]);
+    assert_eq!(audience.rows.as_deref(), Some("requester_id = $user"));
+    assert_eq!(all.jwt.flag_roles["isAdmin"], "admin");
     assert_eq!(all.rooms["tickets:*"].roles, ["agent"]);
     let _ = std::fs::remove_dir_all(&out);
 }

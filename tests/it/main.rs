@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audience;
 mod capture;
 mod client;
 mod core;

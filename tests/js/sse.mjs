@@ -5,7 +5,7 @@ import { EventSource } from "eventsource";
 
 const [url, lastEventId] = process.argv.slice(2);
 const out = (v) => process.stdout.write(JSON.stringify(v) + "\n");
-const names = ["ready", "resync_required", "rowcast:error", "ticket.update", "comment.update", "notification"];
+const names = ["ready", "resync_required", "rowcast:error", "ticket.update", "comment.update", "user.update", "kb.update", "attachment.update", "notification", "notification.update"];
 
 // A browser sends Last-Event-ID itself when it reconnects; a fresh EventSource that resumes
 // from a stored position passes it the same way.

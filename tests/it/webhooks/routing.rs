@@ -212,3 +212,65 @@ async fn rotated_secret_keeps_signing_and_gone_disables_the_endpoint() {
     );
     server.stop().await;
 }
+
+/// A notification's `data` is only a row its recipient may see, on the live transports
+/// and on the recipient's webhook alike: their own ticket's comment yes; a comment on
+/// another customer's ticket, an internal comment, or another notification: `data` null.
+#[tokio::test]
+async fn notification_data_is_only_a_row_the_recipient_may_see() {
+    let mut rx = Receiver::start(&[]).await;
+    let (db, server) = support::start_with(fast).await;
+    let api = Api::new(server.http());
+    let carl = server.token("3", "customer");
+    let secret = api.set_url(&carl, &rx.url("/carl")).await;
+    rx.add_secret(&secret).await;
+    let (mut live, _) =
+        crate::support::ws::WsClient::connect(&server.ws_url(&format!("token={carl}"))).await;
+    let pg = db.client().await;
+    // Comment 1 is on Carl's ticket 1; comment 2 on Cleo's ticket 2; comment 3 internal.
+    pg.batch_execute(
+        "INSERT INTO comments (ticket_id, author_id, body, internal) VALUES (1, 1, 'internal', true);
+         INSERT INTO notifications (user_id, type, message, related_id, related_type) VALUES
+            (3, 'comment_on_ticket', 'own', '1', 'comment'),
+            (3, 'comment_on_ticket', 'other', '2', 'comment'),
+            (3, 'comment_on_ticket', 'internal', '3', 'comment'),
+            (3, 'mention', 'notification', '1', 'notification');",
+    )
+    .await
+    .unwrap();
+    let mut by_message = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let ev = live.next_event().await;
+        assert_eq!(ev["event"], "notification");
+        let p = ev["payload"].clone();
+        by_message.insert(
+            p["notification"]["message"].as_str().unwrap().to_string(),
+            p["data"].clone(),
+        );
+    }
+    assert_eq!(
+        by_message["own"]["body"],
+        "Could you try again? I re-issued the link."
+    );
+    for m in ["other", "internal", "notification"] {
+        assert_eq!(
+            by_message[m],
+            serde_json::Value::Null,
+            "{m}: {by_message:?}"
+        );
+    }
+    let mut hooked = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let r = rx.next().await;
+        let b = &r["body"];
+        hooked.insert(
+            b["notification"]["message"].as_str().unwrap().to_string(),
+            b["data"].clone(),
+        );
+    }
+    assert_eq!(
+        hooked, by_message,
+        "the webhook gets what the live transports got"
+    );
+    server.stop().await;
+}
