@@ -61,13 +61,15 @@ async fn start() -> (support::Db, Control) {
 }
 
 /// Reconnect and resume (dropped connection and server restart), token refresh, the
-/// reducers and `processWebhookPayload`.
+/// reducers, `processWebhookPayload`, and every server frame of the shared fixture
+/// (`tests/fixtures/server-frames.json`) fed to both transports.
 #[tokio::test]
 async fn js_client_suite() {
     let (_db, ctl) = start().await;
     node_test(
         &[
             "client/test/state.test.js",
+            "client/test/frames.test.js",
             "client/test/webhook-payload.test.js",
             "client/test/ws.test.js",
             "client/test/console-assets.test.js",

@@ -72,6 +72,16 @@ impl Node {
         self.read_line(secs).await
     }
 
+    /// The lines set aside by `next_where`, then whatever else arrives until `secs` pass
+    /// without a line.
+    pub async fn drain(&mut self, secs: f64) -> Vec<Value> {
+        let mut out: Vec<Value> = self.pending.drain(..).collect();
+        while let Some(v) = self.read_line(secs).await {
+            out.push(v);
+        }
+        out
+    }
+
     async fn read_line(&mut self, secs: f64) -> Option<Value> {
         match tokio::time::timeout(Duration::from_secs_f64(secs), self.lines.next_line()).await {
             Err(_) => None,
