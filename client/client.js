@@ -235,14 +235,16 @@ export class RowcastClient extends Emitter {
       pong: () => {
         this._pongAt = Date.now();
       },
-      close: ({ code, reason }) => {
+      // `serverError`: Socket.IO's `rowcast:error` `{ code, message, seq }` that ended the
+      // session, mapped to `code` (too_slow 4008, token_expired 4401, unavailable 1011).
+      close: ({ code, reason, serverError }) => {
         if (transport && transport !== this._transport) return;
         this._transport = null;
         this._clearTimers();
         if (this._stopped) return;
         if (code === CLOSE_TOKEN_EXPIRED || (!welcomed && this.options.getToken)) this._freshToken = true;
         this._setState('disconnected', { code, reason });
-        this.emit('disconnected', { code, reason, welcomed });
+        this.emit('disconnected', serverError ? { code, reason, welcomed, serverError } : { code, reason, welcomed });
         if (code === CLOSE_TOKEN_EXPIRED && !this.options.getToken) {
           this.emit('error', { code: 'token_expired', message: 'the token expired and no getToken was given: call setToken() then connect()' });
           this._stopped = true;

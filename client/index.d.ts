@@ -55,6 +55,14 @@ export interface ServerError {
   id?: unknown;
 }
 
+/** Socket.IO `rowcast:error`, sent right before the server disconnects the socket. */
+export interface RowcastError {
+  code: 'too_slow' | 'token_expired' | 'unavailable' | string;
+  message: string;
+  /** The last event sent to the socket. */
+  seq: string | null;
+}
+
 export interface ResyncRequired {
   type: 'resync_required';
   since: string;
@@ -139,7 +147,13 @@ export interface ClientEvents {
   state: (state: ConnectionState, detail?: { code: number; reason: string }) => void;
   connecting: () => void;
   connected: () => void;
-  disconnected: (info: { code: number; reason: string; welcomed: boolean }) => void;
+  /**
+   * `code`: the `/ws` close code, or on Socket.IO the one its reason maps to (`rowcast:error`
+   * too_slow 4008, token_expired 4401, unavailable 1011; a refused handshake 4401
+   * (`unauthorized: ...`) or 1001 (`unavailable: ...`); a server disconnect 1001; otherwise
+   * 1006). `serverError`: the Socket.IO `rowcast:error` that ended the session.
+   */
+  disconnected: (info: { code: number; reason: string; welcomed: boolean; serverError?: RowcastError }) => void;
   resync_required: (info: ResyncRequired) => void;
   welcome: (welcome: Welcome) => void;
   error: (error: ServerError & { cause?: unknown }) => void;

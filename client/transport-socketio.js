@@ -1,11 +1,35 @@
 // The Socket.IO transport, for apps that already ship `socket.io-client`: the same client API
 // over rowcast's Socket.IO v4 endpoint (`io(url, { auth: { token, since } })`,
-// `emit('join', rooms, ack)` answered `{ ok, error? }`). One connection attempt; the client
-// reconnects (Socket.IO's own reconnection is off so that `since` is fresh on every attempt).
+// `emit('join', rooms, ack)` answered `{ ok, rooms, seq }` or
+// `{ ok: false, code, error, room?, rooms?, refused?, seq? }`). One connection attempt; the
+// client reconnects (Socket.IO's own reconnection is off so that `since` is fresh on every
+// attempt).
+//
+// What the server sends on Socket.IO (src/hub/socketio.rs; every shape is in
+// tests/fixtures/server-frames.json): data events under their names (`ticket.update`,
+// `notification`, ...), `resync_required`, and `rowcast:error` `{ code, message, seq }` right
+// before it disconnects the socket. There is no `welcome` and no `error` event. A refused
+// handshake is a `connect_error` whose message starts with a code: `unauthorized: ...`,
+// `bad_request: ...`, `unavailable: ...`.
 
 const ACK_TIMEOUT_MS = 10000;
-/** Server events that are protocol, not data. */
-const CONTROL = new Set(['resync_required', 'welcome', 'error']);
+
+/** `rowcast:error` codes → the `/ws` close code that means the same to the client. */
+export const ROWCAST_ERROR_CLOSE = Object.freeze({
+  too_slow: 4008, // reconnect at once, resuming from the last seq
+  token_expired: 4401, // fetch a new token (getToken), then reconnect
+  unavailable: 1011, // missed events could not be loaded: back off and reconnect
+});
+
+/** `connect_error` message codes → close codes (anything else: 1006, an abnormal close). */
+const CONNECT_ERROR_CLOSE = Object.freeze({
+  unauthorized: 4401,
+  unavailable: 1001,
+  bad_request: 1006,
+});
+
+/** Server events that are protocol, not data: never delivered as events. */
+const isControl = (name) => name === 'resync_required' || name.startsWith('rowcast:');
 
 let loaded = null;
 
@@ -39,13 +63,13 @@ export function openSocketIo({ url, token, since, io }, on) {
     transports: ['websocket', 'polling'],
   });
   let done = false;
-  const close = (code, reason) => {
+  const close = (code, reason, serverError) => {
     if (done) return;
     done = true;
     socket.removeAllListeners();
     socket.offAny();
     socket.disconnect();
-    on.close({ code, reason });
+    on.close(serverError ? { code, reason, serverError } : { code, reason });
   };
 
   socket.on('connect', () => {
@@ -54,19 +78,25 @@ export function openSocketIo({ url, token, since, io }, on) {
   });
   socket.on('connect_error', (err) => {
     const message = (err && err.message) || 'connect_error';
-    const unauthorized = /unauthori[sz]ed|expired|401|token|jwt/i.test(message);
-    close(unauthorized ? 4401 : 1006, message);
+    const code = /^([a-z_]+):/.exec(message)?.[1];
+    if (code === 'bad_request') on.error({ type: 'error', code, message });
+    close(CONNECT_ERROR_CLOSE[code] ?? 1006, message);
   });
   socket.on('disconnect', (reason) => {
-    // "io server disconnect": the server ended the session (shutdown, too slow, expiry).
+    // "io server disconnect": the server ended the session (its reason, if any, came first
+    // as `rowcast:error`); "transport close": e.g. the server shut down.
     close(reason === 'io server disconnect' ? 1001 : 1006, reason);
   });
-  // If the server announces its position at connect, a fresh client can resume from it.
-  socket.on('welcome', (f) => f && f.seq && on.position(f.seq));
   socket.on('resync_required', (f) => on.resync({ type: 'resync_required', ...(f || {}) }));
-  socket.on('error', (f) => on.error({ type: 'error', ...(typeof f === 'object' ? f : { message: String(f) }) }));
+  // Sent right before the server disconnects: close now with the reason's close code, so
+  // the client reconnects the right way (at once, with a new token, or with backoff).
+  socket.on('rowcast:error', (f) => {
+    const e = f && typeof f === 'object' ? f : { code: 'unknown', message: String(f) };
+    if (e.seq) on.position(e.seq);
+    close(ROWCAST_ERROR_CLOSE[e.code] ?? 1011, e.message || e.code, { ...e });
+  });
   socket.onAny((name, payload) => {
-    if (CONTROL.has(name)) return;
+    if (isControl(name)) return;
     on.event(name, payload, { event: name, room: undefined, seq: payload && payload.seq });
   });
 
@@ -81,8 +111,9 @@ export function openSocketIo({ url, token, since, io }, on) {
           reject(new Error(`no answer to ${name} within ${ACK_TIMEOUT_MS} ms`));
           return;
         }
-        const ok = !!(res && res.ok);
-        resolve(rooms.map((room) => (ok ? { room, ok } : { room, ok, error: (res && res.error) || `${name} refused` })));
+        // Events after the answer's seq arrive live: a fresh client can resume from it.
+        if (res && res.seq) on.position(res.seq);
+        resolve(ackResults(name, rooms, res));
       });
     });
 
@@ -97,4 +128,22 @@ export function openSocketIo({ url, token, since, io }, on) {
     close: (code = 1000, reason = 'client closed') => close(code, reason),
     socket,
   };
+}
+
+/**
+ * One `{ room, ok, error?, code? }` per requested room from a join/leave acknowledgement:
+ * `{ ok: true, rooms }`; `{ ok: false, code, error, room, rooms: [done...], refused: [{ room,
+ * code, error }] }` (some rooms refused); `{ ok: false, code, error }` (the whole request
+ * refused).
+ */
+export function ackResults(name, rooms, res) {
+  const a = res && typeof res === 'object' ? res : { ok: false, error: `${name}: no answer` };
+  if (a.ok) return rooms.map((room) => ({ room, ok: true }));
+  const done = new Set(Array.isArray(a.rooms) ? a.rooms : []);
+  const refused = new Map((Array.isArray(a.refused) ? a.refused : []).map((r) => [r.room, r]));
+  return rooms.map((room) => {
+    if (done.has(room) && !refused.has(room)) return { room, ok: true };
+    const r = refused.get(room) || a;
+    return { room, ok: false, error: r.error || `${name} refused`, code: r.code };
+  });
 }

@@ -15,7 +15,8 @@ pub async fn run(events: i64) {
     println!("\n## catchup (/ws resume with `since`, {events} missed events)\n");
     let pg = PgTemp::start(PgTempOptions::default()).expect("PostgreSQL");
     let (db, config) = setup::database(&pg, 100, true).await;
-    let rc = Rowcast::start(&config, &[]);
+    let rc = Rowcast::start(&config);
+    println!("{}\n", setup::describe(&rc.config));
     let token = setup::token(&config);
     let plain = rc.ws_url(&format!("token={token}"));
     let since = clients::hub_position(&plain).await;

@@ -203,7 +203,7 @@ impl NodeClients {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
         assert!(
             dir.join("node_modules/socket.io-client").exists(),
-            "the npm clients are not installed: run `npm ci` in tests/js"
+            "the npm clients are not installed: run `npm ci --no-audit --no-fund` in tests/js (or `cargo test`, which installs them)"
         );
         let mut child = Command::new("node")
             .arg(dir.join("bench_sio.mjs"))

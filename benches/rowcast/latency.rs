@@ -55,6 +55,8 @@ pub struct Outcome {
     /// CPU seconds of the clients (node, or this process for `/ws`).
     pub client_cpu: f64,
     pub seconds: u64,
+    /// The settings rowcast ran with ([`setup::describe`]).
+    pub config: String,
 }
 
 pub fn header() {
@@ -85,6 +87,20 @@ pub fn row(o: &Outcome) {
     );
 }
 
+/// Below a table of rows: the settings each run's rowcast ran with.
+pub fn footer(outcomes: &[Outcome]) {
+    let mut seen = Vec::new();
+    for o in outcomes {
+        if !seen.contains(&&o.config) {
+            seen.push(&o.config);
+        }
+    }
+    println!();
+    for c in seen {
+        println!("{c}");
+    }
+}
+
 /// One run on a fresh PostgreSQL and rowcast.
 pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
     run_with(via, clients, rate, seconds, None).await
@@ -112,9 +128,13 @@ pub async fn run_with(
     if std::env::var("BENCH_CAPTURE").as_deref() == Ok("logical") {
         config.capture.mode = rowcast::config::CaptureMode::Logical;
     }
+    if webhook.is_some() {
+        // The receiver runs on loopback: allow it past the SSRF guard.
+        config.webhook.allow_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
+    }
     setup::migrate_now(&config).await;
-    let env = [("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_string())];
-    let rc = Rowcast::start(&config, if webhook.is_some() { &env } else { &[] });
+    let rc = Rowcast::start(&config);
+    let config_line = setup::describe(&rc.config);
     if let Some(url) = webhook {
         crate::webhooks::subscribe(&rc, &config, url, &["*"]).await;
     }
@@ -213,6 +233,7 @@ pub async fn run_with(
         rowcast_cpu,
         client_cpu,
         seconds,
+        config: config_line,
     }
 }
 

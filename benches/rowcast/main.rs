@@ -11,14 +11,22 @@
 //!   Rust clients in the bench process; default: all three).
 //! - `targets`: the latency targets of issues 2 and 3 (50 `/ws` × 200/s, 200 Socket.IO ×
 //!   500/s) and 200 `/ws` × 500/s.
-//! - `fanout [--clients N]`: events delivered per second at 1k, 5k and 10k clients.
+//! - `fanout [--clients N] [--seconds S]`: events delivered per second at 1k, 5k and 10k
+//!   clients; a size whose deliveries do not all arrive within S seconds (default 60) is
+//!   reported as TIMED OUT, not measured, and the bench exits with status 1.
 //! - `memory [--clients N]`: RSS with 10,000 idle connections, `/ws` and Socket.IO.
 //! - `catchup [--events E]`: time to replay 100,000 missed events to a resuming client.
-//! - `large-transaction [--events N]`: logical capture of one `UPDATE` of N rows (default
-//!   1,000,000): rowcast's peak RSS and the time until every change is in the log.
+//! - `large-transaction [--events N] [--batch-size B]`: logical capture of one `UPDATE` of N
+//!   rows (default 1,000,000) with `capture.batch_size` B: rowcast's peak RSS and the time
+//!   until every change is in the log.
 //! - `webhooks [--events E]`: deliveries per second to a local receiver (default 20,000),
 //!   and the live path's latency without and with an endpoint receiving every event.
 //! - `all`: every scenario with its defaults.
+//!
+//! Every scenario passes its whole `rowcast::config::Config` to the binary (a TOML file named
+//! by `ROWCAST_CONFIG`; the bench's own `ROWCAST_*` variables are not passed on), prints the
+//! settings it runs with, and waits for `GET /readyz` before measuring. Runs that produce no
+//! valid measurement are listed at the end under FAILED, and the exit status is 1.
 
 mod bigtxn;
 mod catchup;
@@ -38,6 +46,7 @@ struct Args {
     rate: Option<u64>,
     seconds: Option<u64>,
     events: Option<i64>,
+    batch_size: Option<i64>,
     transport: Option<Via>,
 }
 
@@ -48,6 +57,7 @@ fn parse_args() -> Args {
         rate: None,
         seconds: None,
         events: None,
+        batch_size: None,
         transport: None,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
@@ -63,6 +73,7 @@ fn parse_args() -> Args {
             "--rate" => a.rate = Some(num(&arg, value(&arg))),
             "--seconds" => a.seconds = Some(num(&arg, value(&arg))),
             "--events" => a.events = Some(num(&arg, value(&arg)) as i64),
+            "--batch-size" => a.batch_size = Some(num(&arg, value(&arg)) as i64),
             "--transport" => {
                 a.transport = Some(match value(&arg).as_str() {
                     "ws" => Via::Ws,
@@ -91,14 +102,18 @@ fn main() {
         };
         println!("\n## latency ({seconds} s per run)\n");
         latency::header();
+        let mut outcomes = Vec::new();
         for v in vias {
             let o = rt.block_on(latency::run(v, clients, rate, seconds));
             latency::row(&o);
+            outcomes.push(o);
         }
+        latency::footer(&outcomes);
     };
     let targets = || {
         println!("\n## latency targets ({seconds} s per run)\n");
         latency::header();
+        let mut outcomes = Vec::new();
         for (via, clients, rate) in [
             (Via::Ws, 50, 200),
             (Via::Ws, 200, 500),
@@ -107,7 +122,9 @@ fn main() {
         ] {
             let o = rt.block_on(latency::run(via, clients, rate, seconds));
             latency::row(&o);
+            outcomes.push(o);
         }
+        latency::footer(&outcomes);
     };
     let sizes = args
         .clients
@@ -121,10 +138,13 @@ fn main() {
             args.rate.unwrap_or(200),
         ),
         "targets" => targets(),
-        "fanout" => rt.block_on(fanout::run(&sizes)),
+        "fanout" => rt.block_on(fanout::run(&sizes, args.seconds)),
         "memory" => rt.block_on(memory::run(args.clients.unwrap_or(10_000))),
         "catchup" => rt.block_on(catchup::run(args.events.unwrap_or(100_000))),
-        "large-transaction" => rt.block_on(bigtxn::run(args.events.unwrap_or(1_000_000))),
+        "large-transaction" => rt.block_on(bigtxn::run(
+            args.events.unwrap_or(1_000_000),
+            args.batch_size,
+        )),
         "webhooks" => {
             rt.block_on(webhooks::throughput(args.events.unwrap_or(20_000)));
             rt.block_on(webhooks::enqueue_cost(seconds));
@@ -132,13 +152,16 @@ fn main() {
         "all" => {
             rt.block_on(overhead::run(seconds));
             targets();
-            rt.block_on(fanout::run(&sizes));
+            rt.block_on(fanout::run(&sizes, None));
             rt.block_on(memory::run(10_000));
             rt.block_on(catchup::run(100_000));
-            rt.block_on(bigtxn::run(1_000_000));
+            rt.block_on(bigtxn::run(1_000_000, None));
             rt.block_on(webhooks::throughput(20_000));
             rt.block_on(webhooks::enqueue_cost(seconds));
         }
         other => panic!("unknown scenario {other}; see benches/rowcast/main.rs"),
+    }
+    if setup::report_failures() {
+        std::process::exit(1);
     }
 }

@@ -16,6 +16,7 @@ pub async fn run(n: usize) {
     );
     let pg = PgTemp::start(PgTempOptions::default()).expect("PostgreSQL");
     let (_db, config) = setup::database(&pg, 100, true).await;
+    println!("{}\n", setup::describe(&config));
     println!(
         "| transport | connections | RSS before MB | RSS with connections MB | KiB per connection | target ≤ 150 MB |"
     );
@@ -30,7 +31,7 @@ pub async fn run(n: usize) {
         if only_sio && !sio {
             continue;
         }
-        let rc = Rowcast::start(&config, &[]);
+        let rc = Rowcast::start(&config);
         let token = setup::token(&config);
         // Warm up the server's paths once so the baseline includes their one-off allocations.
         let warm = clients::ws(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;

@@ -112,7 +112,7 @@ async fn one(seconds: u64, sync: &str) {
         results[2].1.push(measured(&pg, &client, seconds).await);
         client.batch_execute(clean).await.expect("clean");
         setup::migrate_now(&config).await;
-        let rc = Rowcast::start(&config, &[]);
+        let rc = Rowcast::start(&config);
         std::thread::sleep(Duration::from_secs(1));
         let cpu = rc.cpu_secs();
         results[3].1.push(measured(&pg, &client, seconds).await);
@@ -144,7 +144,7 @@ async fn one(seconds: u64, sync: &str) {
             .await
             .expect("drop slot");
         setup::migrate_now(&logical_config).await;
-        let rc = Rowcast::start(&logical_config, &[]);
+        let rc = Rowcast::start(&logical_config);
         std::thread::sleep(Duration::from_secs(1));
         let cpu = rc.cpu_secs();
         if statements {
@@ -183,6 +183,11 @@ async fn one(seconds: u64, sync: &str) {
         "\nrowcast used {:.0}% of one core while consuming with triggers, {:.0}% with logical decoding.",
         mean(&rowcast_cpu),
         mean(&logical_cpu)
+    );
+    println!(
+        "\n{}\n{}",
+        setup::describe(&config),
+        setup::describe(&logical_config)
     );
     if !breakdown.is_empty() {
         println!(

@@ -1,7 +1,12 @@
 //! What every scenario needs: a throwaway database, the real `rowcast` binary as a child
-//! process, clients' file limits, clocks, and statistics.
+//! process (running exactly the scenario's configuration), clients' file limits, clocks,
+//! and statistics.
 
-use std::process::{Child, Command, Stdio};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rowcast::Settings as Config;
@@ -40,6 +45,8 @@ pub async fn database(
         secret: Some(SECRET.into()),
         ..JwtConfig::default()
     };
+    // Warnings only: the binary's log goes to the terminal while measuring.
+    config.log.level = "warn".into();
     if migrate {
         migrate_now(&config).await;
     }
@@ -80,15 +87,49 @@ pub fn token(config: &Config) -> String {
 pub struct Rowcast {
     pub child: Child,
     pub port: u16,
+    /// The configuration it runs with: the scenario's, with `listen` set to `port`.
+    pub config: Config,
+    /// Its log (stderr, also shown live).
+    pub log: PathBuf,
+    /// The directory holding its `rowcast.toml`.
+    dir: PathBuf,
+}
+
+/// The environment the binary would read configuration from: never inherited, so that the
+/// scenario's `Config` is exactly what runs.
+fn config_env(key: &str) -> bool {
+    key.starts_with("ROWCAST_") || key == "DATABASE_URL" || key == "RUST_LOG"
 }
 
 impl Rowcast {
-    pub fn start(config: &Config, extra_env: &[(&str, String)]) -> Rowcast {
+    /// Starts `rowcast serve` with exactly `config` (written as TOML and named by
+    /// `ROWCAST_CONFIG`; only `listen` is replaced by a free port), and waits until
+    /// `GET /readyz` answers 200. Panics naming the log if the process exits first or is
+    /// not ready within two minutes.
+    pub fn start(config: &Config) -> Rowcast {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("free port")
             .local_addr()
             .expect("addr")
             .port();
+        let mut config = config.clone();
+        config.listen = format!("127.0.0.1:{port}").parse().expect("address");
+        let text = toml::to_string(&config).expect("the configuration serializes as TOML");
+        // What the binary will read back is what the scenario configured: every key.
+        let mut reread: Config = toml::from_str(&text).expect("the TOML reads back");
+        reread.apply_defaults();
+        assert_eq!(
+            toml::to_string(&reread).expect("TOML"),
+            text,
+            "the configuration does not survive its TOML file"
+        );
+        let dir = std::env::temp_dir().join(format!("rowcast-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("config dir");
+        let file = dir.join("rowcast.toml");
+        std::fs::write(&file, &text).expect("write rowcast.toml");
+        let log =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-rowcast-{port}.log"));
+
         // `BENCH_WRAP="valgrind --tool=massif"` runs rowcast under a tool.
         let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
         let mut wrap = wrap.split_whitespace();
@@ -100,25 +141,72 @@ impl Rowcast {
             }
             None => Command::new(env!("CARGO_BIN_EXE_rowcast")),
         };
-        cmd.arg("serve")
-            .env("DATABASE_URL", config.database_url.as_deref().expect("url"))
-            .env("ROWCAST_JWT_SECRET", SECRET)
-            .env("ROWCAST_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ROWCAST_CAPTURE_MODE", config.capture.mode.as_str())
-            .env("ROWCAST_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
+        let ignored: Vec<String> = std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| config_env(k))
+            .collect();
+        for k in &ignored {
+            cmd.env_remove(k);
         }
-        let child = cmd.spawn().expect("start rowcast");
-        let r = Rowcast { child, port };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "rowcast did not start");
+        if !ignored.is_empty() {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!(
+                    "bench: not passed to rowcast (the scenario's configuration is what runs): {}",
+                    ignored.join(", ")
+                )
+            });
+        }
+        cmd.arg("serve")
+            .env("ROWCAST_CONFIG", &file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start rowcast");
+        let tail = tee_log(child.stderr.take().expect("piped stderr"), &log);
+        let mut r = Rowcast {
+            child,
+            port,
+            config,
+            log,
+            dir,
+        };
+        r.wait_ready(&tail);
+        r
+    }
+
+    /// Polls `GET /readyz` until it answers 200.
+    fn wait_ready(&mut self, tail: &Arc<Mutex<VecDeque<String>>>) {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        let mut last: String;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the log reader catch the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "rowcast exited ({status}) before /readyz answered 200; its log: {}\n{}",
+                    self.log.display(),
+                    tail.lock()
+                        .unwrap()
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            match http_status(self.port, "/readyz") {
+                Ok(200) => return,
+                Ok(code) => last = format!("HTTP {code}"),
+                Err(e) => last = e.to_string(),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rowcast not ready after {:?} (GET /readyz: {last}); its log: {}",
+                started.elapsed(),
+                self.log.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        r
     }
 
     pub fn pid(&self) -> u32 {
@@ -195,6 +283,91 @@ impl Drop for Perf {
     }
 }
 
+/// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.1, no keep-alive).
+pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {line:?}")))
+}
+
+/// Copies the child's stderr to the bench's stderr and to `log`; keeps the last lines.
+fn tee_log(stderr: ChildStderr, log: &Path) -> Arc<Mutex<VecDeque<String>>> {
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let mut file = std::fs::File::create(log).expect("create the rowcast log");
+    let keep = tail.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            let _ = writeln!(file, "{line}");
+            let mut t = keep.lock().unwrap();
+            if t.len() == 20 {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    });
+    tail
+}
+
+/// The key settings of `config`, printed with every scenario (the whole configuration is
+/// what `Rowcast::start` passes).
+pub fn describe(config: &Config) -> String {
+    let c = config;
+    format!(
+        "rowcast config: capture.mode = {}, capture.batch_size = {}, capture.active_poll = {:?}, \
+         capture.idle_after = {:?}, hub.session_queue = {}, hub.replay_buffer = {}, \
+         pool_size = {}, webhook.concurrency = {}, webhook.allow_cidrs = {:?}, log.level = {}",
+        c.capture.mode.as_str(),
+        c.capture.batch_size,
+        c.capture.active_poll,
+        c.capture.idle_after,
+        c.hub.session_queue,
+        c.hub.replay_buffer,
+        c.pool_size,
+        c.webhook.concurrency,
+        c.webhook
+            .allow_cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        c.log.level,
+    )
+}
+
+/// Runs that did not produce a measurement (timed out, incomplete): reported at the end,
+/// and the bench exits with status 1.
+static FAILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn record_failure(what: String) {
+    FAILED.lock().unwrap().push(what);
+}
+
+/// Prints the failed runs, if any; `true` when there were some.
+pub fn report_failures() -> bool {
+    let failed = FAILED.lock().unwrap();
+    if failed.is_empty() {
+        return false;
+    }
+    println!(
+        "\n## FAILED: {} run(s) produced no valid measurement\n",
+        failed.len()
+    );
+    for f in failed.iter() {
+        println!("- {f}");
+    }
+    true
+}
+
 impl Drop for Rowcast {
     fn drop(&mut self) {
         if std::env::var_os("BENCH_WRAP").is_some() {
@@ -208,6 +381,7 @@ impl Drop for Rowcast {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -77,11 +77,11 @@ pub async fn subscribe(rc: &Rowcast, config: &Config, url: &str, events: &[&str]
 pub async fn throughput(n: i64) {
     println!("\n## webhooks: {n} deliveries to a local receiver (answers 204)\n");
     let pg = PgTemp::start(PgTempOptions::default()).expect("PostgreSQL");
-    let (db, config) = setup::database(&pg, 10, true).await;
-    let rc = Rowcast::start(
-        &config,
-        &[("ROWCAST_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".into())],
-    );
+    let (db, mut config) = setup::database(&pg, 10, true).await;
+    // The receiver runs on loopback: allow it past the SSRF guard.
+    config.webhook.allow_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
+    let rc = Rowcast::start(&config);
+    println!("{}\n", setup::describe(&rc.config));
     let rx = receiver().await;
     subscribe(&rc, &config, &rx.url, &["ticket.*"]).await;
     let cpu0 = rc.cpu_secs();
@@ -154,11 +154,12 @@ pub async fn throughput(n: i64) {
 pub async fn enqueue_cost(seconds: u64) {
     println!("\n## webhooks: what the outbox costs the live path ({seconds} s per run)\n");
     latency::header();
-    let o = latency::run(Via::Ws, 50, 200, seconds).await;
-    latency::row(&o);
+    let without = latency::run(Via::Ws, 50, 200, seconds).await;
+    latency::row(&without);
     let rx = receiver().await;
-    let o = latency::run_with(Via::Ws, 50, 200, seconds, Some(&rx.url)).await;
-    latency::row(&o);
+    let with = latency::run_with(Via::Ws, 50, 200, seconds, Some(&rx.url)).await;
+    latency::row(&with);
+    latency::footer(&[without, with]);
     println!(
         "\n(second row: plus an admin endpoint subscribed to `*`; it received {} deliveries)",
         rx.received.load(Ordering::Relaxed)

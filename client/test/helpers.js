@@ -9,7 +9,7 @@ export function need(name) {
   try {
     return require(name);
   } catch (err) {
-    throw new Error(`npm package ${name} is missing: run \`npm ci\` in tests/js (${err.message})`);
+    throw new Error(`npm package ${name} is missing: run these tests through \`cargo test --test it client\` (it installs tests/js/node_modules), or \`npm ci\` in tests/js (${err.message})`);
   }
 }
 

@@ -1,6 +1,5 @@
-// AFTER MERGE (issue 3): the client's Socket.IO transport against rowcast's /socket.io/.
-// Run by the Rust test `client::js_client_socketio`, which is #[ignore]d until the Socket.IO
-// endpoint is on this branch; these tests fail (not skip) against a server without it.
+// The client's Socket.IO transport against rowcast's /socket.io/, run by the Rust test
+// `client::js_client_socketio`. (Every frame shape, fed without a server: frames.test.js.)
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -90,6 +89,41 @@ test('socket.io: server restart, then resume with auth.since: missed events in o
     const after = rec.events.slice(rec.events.findIndex((e) => String(e.payload.id) === String(first)) + 1);
     assert.deepEqual(after.map((e) => String(e.payload.id)), [...missed, String(live)]);
     for (let i = 1; i < after.length; i++) assert.ok(compareSeq(after[i - 1].seq, after[i].seq) < 0);
+  } finally {
+    client.close();
+  }
+});
+
+test('socket.io: rowcast:error token_expired is a 4401 close, not an event: getToken, reconnect, resume', async () => {
+  let calls = 0;
+  const client = createClient({
+    url: ROWCAST_URL(),
+    // First a token that expires in 2 s, then long-lived ones.
+    getToken: async () => token('1', 'agent', calls++ === 0 ? 2 : 3600),
+    transport: 'socket.io',
+    io,
+    rooms: ['tickets'],
+    refreshBeforeExpiry: 0,
+    reconnect: { minDelay: 50, maxDelay: 200 },
+  });
+  const rec = record(client);
+  const closes = [];
+  client.on('disconnected', (d) => closes.push(d));
+  const asData = [];
+  client.on('rowcast:error', (p) => asData.push(p));
+  try {
+    await waitFor('connected', () => client.isConnected);
+    await waitFor('tickets joined', () => client.lastSeq);
+    await waitFor('the token_expired close', () => closes.length > 0, 8000);
+    assert.equal(closes[0].code, 4401, JSON.stringify(closes));
+    assert.equal(closes[0].serverError.code, 'token_expired');
+    await waitFor('reconnected', () => client.isConnected);
+    assert.equal(calls, 2, 'one new token, fetched before the reconnect');
+    assert.equal(closes.length, 1, 'no refused attempt with the expired token');
+    const id = await insertTicket('after rowcast:error (sio)');
+    await waitFor('an event after the reconnect', () => rec.events.some((e) => String(e.payload.id) === String(id)));
+    assert.deepEqual(asData, [], 'rowcast:error is not delivered as an event');
+    assert.ok(!rec.events.some((e) => e.event.startsWith('rowcast:')));
   } finally {
     client.close();
   }

@@ -2,6 +2,7 @@
 """Lints and renders helm/rowcast with Helm's own engine and validates every object.
 
 Usage: check_chart.py <chart dir> <output dir>
+       check_chart.py --check-tools   (exit 0 when every package below imports)
 
 For each scenario (required values only; every optional part enabled; inline public key):
   - `helm lint --strict` with those values: no warnings, no errors;
@@ -13,7 +14,8 @@ For each scenario (required values only; every optional part enabled; inline pub
     can load it with rowcast's own configuration loader.
 Then values that cannot work must be refused with a message saying what to set.
 Exit status 0 when everything holds; 1 with the list of failures otherwise; 2 when a
-required package is missing.
+required package is missing (tests/helm/requirements.txt; the Rust test installs them
+with pip into target/test-python when they are); 64 for bad arguments.
 """
 
 import json
@@ -345,9 +347,11 @@ def refused(chart, values, expect, what):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--check-tools"]:
+        sys.exit(0)
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
-        sys.exit(2)
+        sys.exit(64)
     chart_dir, out_dir = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     chart = helm_python.Chart.load(chart_dir)

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{self, control::Control};
+use crate::support::{self, control::Control, install};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,10 +15,9 @@ fn repo() -> PathBuf {
 /// Runs `node --test` on `files` with the control env; panics with node's output on failure.
 async fn node_test(files: &[&str], ctl: &Control, extra: &[(&str, String)]) {
     let root = repo();
-    assert!(
-        root.join("tests/js/node_modules/ws").is_dir(),
-        "tests/js/node_modules is missing: run `npm ci` in tests/js (the JS tests need ws and playwright-core)"
-    );
+    // The suites load ws, socket.io-client and playwright-core from tests/js/node_modules:
+    // installed here when missing, as for every other node script of the tests.
+    install::npm_packages_async().await;
     let mut cmd = tokio::process::Command::new("node");
     cmd.current_dir(&root)
         .arg("--test")
@@ -63,13 +62,15 @@ async fn start() -> (support::Db, Control) {
 }
 
 /// Reconnect and resume (dropped connection and server restart), token refresh, the
-/// reducers and `processWebhookPayload`.
+/// reducers, `processWebhookPayload`, and every server frame of the shared fixture
+/// (`tests/fixtures/server-frames.json`) fed to both transports.
 #[tokio::test]
 async fn js_client_suite() {
     let (_db, ctl) = start().await;
     node_test(
         &[
             "client/test/state.test.js",
+            "client/test/frames.test.js",
             "client/test/webhook-payload.test.js",
             "client/test/ws.test.js",
             "client/test/console-assets.test.js",
@@ -81,17 +82,48 @@ async fn js_client_suite() {
     ctl.shutdown().await;
 }
 
+/// How to get the browser of the console test (a documented prerequisite, not installed by
+/// the tests).
+const INSTALL_CHROMIUM: &str = "the console test drives Chromium headless. Install it with \
+     `apt-get update && apt-get install -y chromium` (Debian, as root or with sudo), or set \
+     CHROMIUM_PATH to a Chromium or Chrome binary";
+
+/// `CHROMIUM_PATH`, else `chromium` or `chromium-browser` on `PATH`; panics saying how to
+/// install it.
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHROMIUM_PATH") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "CHROMIUM_PATH={} is not a file: {INSTALL_CHROMIUM}",
+            p.display()
+        );
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|n| dir.join(n)))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("Chromium is not installed (no chromium or chromium-browser on PATH): {INSTALL_CHROMIUM}")
+        })
+}
+
 /// The console in headless Chromium: connects with a token from the URL, shows an UPDATE,
 /// turns yellow while rowcast is down and green when it is back; saves a screenshot.
 #[tokio::test]
 async fn console_in_chromium() {
+    let browser = chromium();
     let (_db, ctl) = start().await;
-    let shots = repo().join("target/test-artifacts");
+    let shots = support::install::target_dir().join("test-artifacts");
     std::fs::create_dir_all(&shots).expect("create target/test-artifacts");
     node_test(
         &["tests/js/console.test.mjs"],
         &ctl,
-        &[("ARTIFACTS_DIR", shots.display().to_string())],
+        &[
+            ("ARTIFACTS_DIR", shots.display().to_string()),
+            ("CHROMIUM_PATH", browser.display().to_string()),
+        ],
     )
     .await;
     assert!(

@@ -1,6 +1,7 @@
 //! The Helm chart: linted (strict) and rendered by Helm's own engine, every object validated
 //! against the Kubernetes schemas (`tests/helm/check_chart.py`), and the rendered
-//! `rowcast.toml` accepted by rowcast's configuration loader.
+//! `rowcast.toml` accepted by rowcast's configuration loader. The checker's Python packages
+//! are installed with pip into `target/test-python` when Python lacks them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,24 +10,26 @@ use std::time::Duration;
 use rowcast::Config;
 use rowcast::catalog::TableKind;
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use crate::support::install;
 
 #[test]
 fn chart_lints_renders_and_validates_with_every_option() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let checker = root.join("tests/helm/check_chart.py");
+    // The packages of tests/helm/requirements.txt: Python's own, or installed with pip
+    // into target/test-python (once per test run) when Python lacks them.
+    let python_path = install::python_packages(&checker, &root.join("tests/helm/requirements.txt"));
     let out = std::env::temp_dir().join(format!("rowcast-helm-{}", std::process::id()));
-    let run = Command::new(python())
-        .arg(root.join("tests/helm/check_chart.py"))
+    let run = Command::new(install::python())
+        .arg(&checker)
         .arg(root.join("helm/rowcast"))
         .arg(&out)
+        .env("PYTHONPATH", python_path)
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run `{}` ({e}): the chart test needs Python 3 with the packages of \
-                 tests/helm/requirements.txt (pip install -r tests/helm/requirements.txt)",
-                python()
+                "cannot run `{}` ({e}): the chart test needs Python 3",
+                install::python()
             )
         });
     let stderr = String::from_utf8_lossy(&run.stderr);

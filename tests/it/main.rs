@@ -9,6 +9,7 @@ mod core;
 mod demo;
 mod fallback;
 mod faults;
+mod frames;
 mod helm;
 mod logical;
 mod ops;

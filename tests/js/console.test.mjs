@@ -25,7 +25,7 @@ function chromiumPath() {
       // not on PATH
     }
   }
-  throw new Error('Chromium is not installed: `apt-get install -y chromium` (or set CHROMIUM_PATH)');
+  throw new Error('Chromium is not installed; the console test drives it headless. Install it with `apt-get update && apt-get install -y chromium` (Debian, as root or with sudo), or set CHROMIUM_PATH to a Chromium or Chrome binary');
 }
 
 async function control(method, path, body) {

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod control;
+pub mod install;
 pub mod node;
 pub mod process;
 pub mod receiver;

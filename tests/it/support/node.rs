@@ -1,9 +1,9 @@
 //! Real npm clients (socket.io-client, eventsource) run by node scripts in `tests/js`,
-//! talking JSON lines over stdin/stdout.
+//! talking JSON lines over stdin/stdout. `tests/js/node_modules` is installed on first use
+//! when it is missing (`support::install`).
 
 use std::collections::VecDeque;
 use std::panic::Location;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,20 +20,12 @@ pub struct Node {
     pending: VecDeque<Value>,
 }
 
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
 impl Node {
-    /// Starts `node tests/js/<script> <args>`. Panics with a clear message when node or the
-    /// npm packages are missing (never skips).
+    /// Starts `node tests/js/<script> <args>`, installing the npm packages first if they
+    /// are missing ([`super::install::npm_packages`]). Panics with a clear message when
+    /// node or the packages are missing and cannot be installed (never skips).
     pub fn start(script: &str, args: &[&str]) -> Node {
-        let dir = js_dir();
-        assert!(
-            dir.join("node_modules/socket.io-client").exists()
-                && dir.join("node_modules/eventsource").exists(),
-            "the npm test clients are not installed: run `npm ci` in tests/js (see .ci/run)"
-        );
+        let dir = super::install::npm_packages();
         let mut child = Command::new("node")
             .arg(dir.join(script))
             .args(args)
@@ -78,6 +70,16 @@ impl Node {
             return Some(v);
         }
         self.read_line(secs).await
+    }
+
+    /// The lines set aside by `next_where`, then whatever else arrives until `secs` pass
+    /// without a line.
+    pub async fn drain(&mut self, secs: f64) -> Vec<Value> {
+        let mut out: Vec<Value> = self.pending.drain(..).collect();
+        while let Some(v) = self.read_line(secs).await {
+            out.push(v);
+        }
+        out
     }
 
     async fn read_line(&mut self, secs: f64) -> Option<Value> {

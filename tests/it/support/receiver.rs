@@ -19,19 +19,14 @@ pub struct Receiver {
 
 impl Receiver {
     /// Starts the receiver with `args` (`--port`, `--fail-first`, `--hold-first`, `--status`).
-    /// Panics with a clear message when node or the npm packages are missing.
+    /// Installs the npm packages first if they are missing; panics with a clear message when
+    /// node or the packages are missing and cannot be installed.
     pub async fn start(args: &[&str]) -> Receiver {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
-        assert!(
-            std::path::Path::new(dir)
-                .join("node_modules/standardwebhooks")
-                .exists(),
-            "npm package standardwebhooks is missing: run `npm ci` in tests/js"
-        );
+        let dir = super::install::npm_packages_async().await;
         let mut child = Command::new("node")
             .arg("receiver.mjs")
             .args(args)
-            .current_dir(dir)
+            .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
