@@ -150,6 +150,10 @@ fn describe_metrics() {
         "Change-log rows deleted by retention."
     );
     describe_counter!(
+        "rowcast_audience_unresolved_total",
+        "Rows whose audience rule could not be evaluated, by table: withheld from the users the rule concerns."
+    );
+    describe_counter!(
         "rowcast_changelog_malformed_total",
         "Change-log rows that could not be read (an unknown op code); logged once and skipped."
     );
