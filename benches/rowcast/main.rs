@@ -21,6 +21,11 @@
 //!   until every change is in the log.
 //! - `webhooks [--events E]`: deliveries per second to a local receiver (default 20,000),
 //!   and the live path's latency without and with an endpoint receiving every event.
+//! - `audience [--clients N] [--rate R] [--seconds S]`: N customers (default 10,000) each
+//!   owning one ticket plus 50 agents in the frontend's five rooms, R updates/s (default
+//!   500) of random tickets: latency for agents and customers, whether each customer got
+//!   exactly their own ticket's updates, rowcast CPU per delivered event and database
+//!   statements per change — beside the same population as agents only and a small one.
 //! - `all`: every scenario with its defaults.
 //!
 //! Every scenario passes its whole `rowcast::config::Config` to the binary (a TOML file named
@@ -28,6 +33,7 @@
 //! settings it runs with, and waits for `GET /readyz` before measuring. Runs that produce no
 //! valid measurement are listed at the end under FAILED, and the exit status is 1.
 
+mod audience;
 mod bigtxn;
 mod catchup;
 mod clients;
@@ -141,6 +147,12 @@ fn main() {
         "fanout" => rt.block_on(fanout::run(&sizes, args.seconds)),
         "memory" => rt.block_on(memory::run(args.clients.unwrap_or(10_000))),
         "catchup" => rt.block_on(catchup::run(args.events.unwrap_or(100_000))),
+        "audience" => rt.block_on(audience::run(
+            args.clients.unwrap_or(10_000),
+            50,
+            args.rate.unwrap_or(500),
+            args.seconds.unwrap_or(20),
+        )),
         "large-transaction" => rt.block_on(bigtxn::run(
             args.events.unwrap_or(1_000_000),
             args.batch_size,
