@@ -218,3 +218,12 @@ fn test_extensions() {
     assert!(extensions.get::<bool>().is_none());
     assert_eq!(extensions.get(), Some(MyType(10)));
 }
+
+/// (rowcast patch) The connection-state-recovery id for a socket's CONNECT answer: insert it
+/// into the socket's extensions in a connect middleware and the CONNECT packet carries it
+/// as `pid` next to `sid` (protocol v5), which `socket.io-client` ≥ 4.6 keeps and sends
+/// back as `auth.pid` (with the last event's trailing string argument as `auth.offset`)
+/// when it reconnects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPid(pub String);
+

@@ -170,6 +170,22 @@ impl<A: Adapter> Namespace<A> {
         let protocol = esocket.protocol.into();
         let payload = ConnectPacket { sid: socket.id };
         let payload = match protocol {
+            // (rowcast patch) A middleware may have set a connection-state-recovery `pid`
+            // (`crate::extensions::RecoveryPid`): it goes next to `sid`, where
+            // socket.io-client reads it (`onconnect(id, pid)`).
+            #[cfg(feature = "extensions")]
+            ProtocolVersion::V5 => match socket.extensions.get::<crate::extensions::RecoveryPid>() {
+                Some(pid) => Some(
+                    self.parser
+                        .encode_default(&ConnectWithPid {
+                            sid: socket.id,
+                            pid: &pid.0,
+                        })
+                        .unwrap(),
+                ),
+                None => Some(self.parser.encode_default(&payload).unwrap()),
+            },
+            #[cfg(not(feature = "extensions"))]
             ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
             ProtocolVersion::V4 => None,
         };
@@ -474,6 +490,14 @@ impl<A: Adapter> Drop for Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::debug!("dropping namespace {}", self.path);
     }
+}
+
+/// (rowcast patch) The CONNECT payload with a connection-state-recovery `pid`.
+#[cfg(feature = "extensions")]
+#[derive(serde::Serialize)]
+struct ConnectWithPid<'a> {
+    sid: Sid,
+    pid: &'a str,
 }
 
 #[cfg(test)]
