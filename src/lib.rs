@@ -23,6 +23,7 @@ pub mod hub;
 pub mod migrate;
 pub mod pgtemp;
 pub mod protocol;
+pub mod recovery;
 pub mod retention;
 pub mod retry;
 pub mod route;

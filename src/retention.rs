@@ -109,6 +109,13 @@ async fn prune_round(
             break;
         }
     }
+    // Socket.IO sessions older than the change log cannot be recovered anyway.
+    loop {
+        let n = crate::recovery::prune(&**client, age, config.batch).await?;
+        if n < config.batch as u64 || stop.is_cancelled() {
+            break;
+        }
+    }
     let age = config.deliveries.as_secs_f64();
     loop {
         let n = deliveries::prune(&**client, age, config.batch).await?;

@@ -148,9 +148,13 @@ pub async fn run(
     )
     .await?;
 
+    let (recovery, recovery_writer) =
+        crate::recovery::Recovery::start(pool.clone(), workers.clone());
+    tracker.spawn(recovery_writer);
     let state = AppState {
         hub: hub.clone(),
         enricher: enricher.clone(),
+        recovery,
         auth,
         pool: pool.clone(),
         capture: status,

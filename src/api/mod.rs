@@ -48,6 +48,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Rebuilds events from the change log (explain).
     pub enricher: Enricher,
+    /// Socket.IO connection-state recovery.
+    pub recovery: Arc<crate::recovery::Recovery>,
     pub auth: Arc<Authenticator>,
     pub pool: Pool,
     pub capture: Arc<CaptureStatus>,

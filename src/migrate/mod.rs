@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "endpoint_roles",
         include_str!("../../sql/004_endpoint_roles.sql"),
     ),
+    (
+        5,
+        "socketio_sessions",
+        include_str!("../../sql/005_socketio_sessions.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -134,7 +134,22 @@ impl Fixture {
     #[track_caller]
     fn check_sio_event(&mut self, line: &Value) {
         let name = line["event"].as_str().expect("event name");
-        assert_eq!(line["args"], 1, "one argument per event: {line}");
+        let counts = &self.v["socketio"]["args"];
+        let args = counts
+            .get(name)
+            .or_else(|| counts.get("data"))
+            .cloned()
+            .expect("socketio/args in the fixture");
+        assert_eq!(line["args"], args, "arguments of {name}: {line}");
+        if args == 2 {
+            let seq = line["payload"]["seq"]
+                .as_str()
+                .expect("a seq in the payload");
+            assert_eq!(
+                line["last"], seq,
+                "the trailing argument is the seq: {line}"
+            );
+        }
         let path = if self.entry(&format!("events/{name}")).is_some() {
             format!("events/{name}")
         } else {

@@ -14,6 +14,7 @@ mod helm;
 mod logical;
 mod ops;
 mod protocol;
+mod recovery;
 mod resume;
 mod schema;
 mod slow;

@@ -7,7 +7,7 @@
 // stdout, one JSON line per thing that happened to socket `id`:
 //   {"id","type":"connect"} | {"id","type":"connect_error","message"} |
 //   {"id","type":"disconnect","reason"} | {"id","type":"ack","req","ack"} |
-//   {"id","type":"event","event","payload","args"}   (payload: the first of `args` arguments)
+//   {"id","type":"event","event","payload","args","last"}   (the first and last of `args` arguments)
 import { io } from "socket.io-client";
 import readline from "node:readline";
 
@@ -25,7 +25,8 @@ function connect({ id, auth, transports }) {
   socket.on("connect", () => out({ id, type: "connect" }));
   socket.on("connect_error", (err) => out({ id, type: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ id, type: "disconnect", reason }));
-  socket.onAny((event, ...args) => out({ id, type: "event", event, payload: args[0], args: args.length }));
+  socket.onAny((event, ...args) =>
+    out({ id, type: "event", event, payload: args[0], args: args.length, last: args[args.length - 1] }));
   sockets.set(id, socket);
 }
 

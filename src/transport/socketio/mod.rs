@@ -21,13 +21,17 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use socketioxide::extensions::RecoveryPid;
+use uuid::Uuid;
+
 use super::expiry_sleep;
 use crate::api::AppState;
 use crate::api::auth::AuthError;
 use crate::event::Position;
 use crate::hub::queue::Queue;
 use crate::hub::{Delivery, MAX_ROOMS, ResumeError, Session, Transport};
-use crate::protocol::{CatchUp, CloseReason, ErrorCode, Flow, Resume, rooms_arg};
+use crate::protocol::{CatchUp, CloseReason, ErrorCode, Flow, Resume, Resync, rooms_arg};
+use crate::recovery::{Outcome, Recovery};
 
 pub use head::own_request_head;
 
@@ -39,6 +43,8 @@ const PATH: &str = "/socket.io";
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while the socket's buffer is full (socketioxide has no async reserve).
 const FULL_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait for the recovery lookup of a reconnect; then it is a fresh connect.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// `join` / `leave` requests waiting for the socket's task; more are refused with `busy`.
 const PENDING_REQUESTS: usize = 16;
 /// engine.io's WebSocket read buffer per socket (its default is 4 KiB). Clients only send
@@ -96,8 +102,14 @@ type Requests = Queue<Request>;
 /// What the middleware prepared for the connect handler (taken exactly once).
 struct Prepared {
     session: Session,
-    /// `auth.since`: the client resumes after it.
+    /// `auth.since`, or the recovered offset: the client resumes after it.
     since: Option<Position>,
+    /// The socket's recovery pid.
+    pid: Uuid,
+    /// A recovered session's rooms, to rejoin.
+    rooms: Vec<String>,
+    /// The recovery offset was pruned: `(offset, pruned)`.
+    resync: Option<(Position, Position)>,
     requests: Arc<Requests>,
     gone: CancellationToken,
 }
@@ -141,7 +153,7 @@ async fn authenticate(
             }
         }
     };
-    let since = match auth.get("since") {
+    let mut since = match auth.get("since") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(
@@ -154,6 +166,50 @@ async fn authenticate(
             ));
         }
     };
+    // Connection-state recovery: socket.io-client sends back the pid of its CONNECT answer
+    // and the last event's trailing `seq` (its offset). Anything unusable is a fresh connect.
+    let recovery = match auth.get("pid").and_then(Value::as_str) {
+        None => Outcome::Fresh,
+        Some(pid) => {
+            let offset = auth.get("offset").and_then(Value::as_str);
+            let asked = app.recovery.recover(&user, pid, offset);
+            match tokio::time::timeout(RECOVERY_TIMEOUT, asked).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "Socket.IO recovery lookup failed: a fresh connect");
+                    Outcome::Fresh
+                }
+                Err(_) => {
+                    tracing::warn!("Socket.IO recovery lookup timed out: a fresh connect");
+                    Outcome::Fresh
+                }
+            }
+        }
+    };
+    let (pid, rooms, resync) = match recovery {
+        Outcome::Recovered {
+            pid,
+            rooms,
+            since: from,
+        } => {
+            since = Some(from);
+            metrics::counter!("rowcast_socketio_recoveries_total", "outcome" => "recovered")
+                .increment(1);
+            (pid, rooms, None)
+        }
+        Outcome::Expired {
+            since: from,
+            pruned,
+        } => {
+            metrics::counter!("rowcast_socketio_recoveries_total", "outcome" => "expired")
+                .increment(1);
+            (Recovery::new_pid(), Vec::new(), Some((from, pruned)))
+        }
+        Outcome::Fresh => (Recovery::new_pid(), Vec::new(), None),
+    };
+    // The CONNECT answer carries the pid (vendor/socketioxide, PATCHES.md): the same one
+    // when the session is recovered, so the client's `socket.recovered` is true.
+    socket.extensions.insert(RecoveryPid(pid.to_string()));
 
     let session = app.hub.open(user, Transport::SocketIo);
     let requests = Arc::new(Requests::new(PENDING_REQUESTS));
@@ -193,6 +249,9 @@ async fn authenticate(
         .insert(PreparedSlot(Arc::new(Mutex::new(Some(Prepared {
             session,
             since,
+            pid,
+            rooms,
+            resync,
             requests,
             gone,
         })))));
@@ -212,12 +271,14 @@ async fn on_connect(
         socket,
         session: p.session,
         resume: Resume::new(p.since),
+        pid: p.pid,
+        recovery: app.recovery.clone(),
         requests: p.requests,
         gone: p.gone,
         shutdown: app.shutdown.clone(),
         last_sent: None,
     }
-    .run()
+    .run(p.rooms, p.resync)
     .await
 }
 
@@ -231,6 +292,9 @@ struct Conn {
     socket: SocketRef,
     session: Session,
     resume: Resume,
+    /// The recovery pid, under which the socket's rooms are recorded.
+    pid: Uuid,
+    recovery: Arc<Recovery>,
     requests: Arc<Requests>,
     /// Cancelled when the client disconnected.
     gone: CancellationToken,
@@ -254,17 +318,10 @@ enum Sent {
 }
 
 impl Conn {
-    async fn run(mut self) {
-        // The private user room was joined when the session opened: on resume it misses
-        // exactly the events up to that moment.
-        if let Some(since) = self.resume.since() {
-            let owed = self.resume.owed([self.session.user.room()]);
-            let until = self.session.opened_at();
-            // Boxed, like the other rare paths below: keeps the idle per-socket task small.
-            let caught_up = Box::pin(self.catch_up(owed, since, until)).await;
-            if let Flow::Stop = caught_up {
-                return;
-            }
+    async fn run(mut self, rooms: Vec<String>, resync: Option<(Position, Position)>) {
+        // Boxed, like the other rare paths below: keeps the idle per-socket task small.
+        if let Flow::Stop = Box::pin(self.start(rooms, resync)).await {
+            return;
         }
         let kicked = self.session.kicked.clone();
         let gone = self.gone.clone();
@@ -302,11 +359,58 @@ impl Conn {
         }
     }
 
+    /// Before live events: a recovered session rejoins its rooms, and a resuming one gets
+    /// what its rooms (and its private room, live since the session opened) missed, in one
+    /// ordered replay; an expired recovery is told to resync.
+    async fn start(&mut self, rooms: Vec<String>, resync: Option<(Position, Position)>) -> Flow {
+        if let Some((since, pruned)) = resync {
+            let until = self.session.opened_at();
+            let body = Resync::new(since, pruned, until, Vec::new());
+            return self
+                .emit_event("resync_required", &(&body, until.to_string()))
+                .await;
+        }
+        let Some(since) = self.resume.since() else {
+            return Flow::Continue;
+        };
+        let (results, h) = self.session.join_many(&rooms);
+        let joined: Vec<String> = rooms
+            .into_iter()
+            .zip(results)
+            .filter_map(|(room, r)| r.ok().map(|_| room))
+            .collect();
+        if !joined.is_empty() {
+            self.record(h);
+        }
+        let user_room = self.session.user.room();
+        let owed = self.resume.owed(std::iter::once(user_room).chain(joined));
+        let flow = self.catch_up(owed, since, h).await;
+        // As on `/ws`: the private room's queue may hold events up to `h` just replayed.
+        self.resume.skip_through(h);
+        flow
+    }
+
+    /// Records the socket's rooms for its recovery (at hub position `h`).
+    fn record(&self, h: Position) {
+        let user_room = self.session.user.room();
+        let rooms: Vec<String> = self
+            .session
+            .rooms()
+            .into_iter()
+            .filter(|r| *r != user_room)
+            .collect();
+        self.recovery.record(self.pid, &self.session.user, rooms, h);
+    }
+
     async fn deliver(&mut self, d: Delivery) -> Flow {
         if !self.resume.is_new(d.event.seq) {
             return Flow::Continue;
         }
-        let flow = self.emit_event(&d.event.name, d.payload()).await;
+        // The seq as the trailing string argument: socket.io-client keeps it as the offset
+        // it recovers from (listeners get the payload as their first argument, as before).
+        let flow = self
+            .emit_event(&d.event.name, &(d.payload(), d.event.seq.to_string()))
+            .await;
         if let Flow::Continue = flow {
             self.last_sent = Some(d.event.seq);
         }
@@ -340,6 +444,9 @@ impl Conn {
             }),
         };
         let _ = ack.send(&answer);
+        if !joined.is_empty() {
+            self.record(h);
+        }
         let Some(since) = self.resume.since() else {
             return Flow::Continue;
         };
@@ -362,6 +469,7 @@ impl Conn {
             self.session.leave(room);
             self.resume.forget(room);
         }
+        self.record(self.session.hub().position());
         let _ = ack.send(&json!({ "ok": true, "rooms": rooms }));
         Flow::Continue
     }
@@ -375,15 +483,18 @@ impl Conn {
             match page {
                 Ok(deliveries) => {
                     for d in deliveries {
-                        if let Flow::Stop = self.emit_event(&d.event.name, d.payload()).await {
+                        let args = (d.payload(), d.event.seq.to_string());
+                        if let Flow::Stop = self.emit_event(&d.event.name, &args).await {
                             return Flow::Stop;
                         }
                         self.last_sent = Some(d.event.seq);
                     }
                 }
                 Err(ResumeError::ResyncRequired { since, pruned }) => {
+                    // The offset moves on to where the client continues.
                     let resync = catch_up.resync(since, pruned);
-                    return self.emit_event("resync_required", &resync).await;
+                    let until = catch_up.until().to_string();
+                    return self.emit_event("resync_required", &(&resync, until)).await;
                 }
                 Err(e @ ResumeError::Unavailable(_)) => {
                     tracing::warn!(error = %crate::telemetry::error_chain(&e), "Socket.IO resume failed");

@@ -124,6 +124,12 @@ impl Rowcast {
         self.child.id()
     }
 
+    /// `kill -9`: no shutdown at all, like a crashed pod; returns once the process is gone.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM, as Kubernetes does when it stops a pod.
     pub fn terminate(&self) {
         let pid = self.child.id() as libc::pid_t;

@@ -7,6 +7,7 @@ pub mod control;
 pub mod install;
 pub mod node;
 pub mod process;
+pub mod proxy;
 pub mod receiver;
 pub mod writer;
 pub mod ws;
