@@ -42,6 +42,10 @@ export class RowcastClient extends Emitter {
     /** Rooms the app wants; re-joined on every connect. */
     this._rooms = new Set(this.options.rooms.filter((r) => !r.startsWith('user:')));
     this._lastSeq = this.options.since || null;
+    /** Socket.IO: the pid rowcast gave the last connection (connection-state recovery). */
+    this._pid = null;
+    /** Whether the current connection recovered the previous one's session (Socket.IO). */
+    this.recovered = false;
     this._seen = new Set();
     this._seenOrder = [];
     this._state = 'idle';
@@ -165,7 +169,16 @@ export class RowcastClient extends Emitter {
       return;
     }
     if (this._stopped) return;
-    const params = { url: this.options.url, token, since: this._lastSeq, rooms: [...this._rooms], WebSocket: this.options.WebSocket };
+    const params = {
+      url: this.options.url,
+      token,
+      since: this._lastSeq,
+      // Socket.IO: the pid of the last connection, so rowcast recovers the session (its
+      // rooms and what it missed) the way socket.io-client's own reconnection does.
+      pid: this._pid,
+      rooms: [...this._rooms],
+      WebSocket: this.options.WebSocket,
+    };
     const handlers = this._callbacks(this.options.transport === 'ws' ? params.rooms : []);
     try {
       if (this.options.transport === 'socket.io') {
@@ -195,6 +208,8 @@ export class RowcastClient extends Emitter {
         welcomed = true;
         this._attempt = 0;
         this.session = f.session ?? null;
+        if (f.pid) this._pid = f.pid;
+        this.recovered = Boolean(f.recovered);
         if (f.user !== undefined) this.user = f.user;
         if (f.roles) this.roles = f.roles;
         if (f.expires_at) this.expiresAt = f.expires_at;

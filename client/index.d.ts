@@ -168,6 +168,8 @@ export declare class RowcastClient {
   readonly state: ConnectionState;
   readonly isConnected: boolean;
   readonly lastSeq: string | null;
+  /** Socket.IO: whether the current connection recovered the previous session (its rooms and what it missed), as `socket.recovered` tells a socket.io-client app. */
+  readonly recovered: boolean;
   readonly rooms: string[];
   user: string | null;
   roles: string[];

@@ -5,7 +5,7 @@
 // client reconnects (Socket.IO's own reconnection is off so that `since` is fresh on every
 // attempt).
 //
-// What the server sends on Socket.IO (src/hub/socketio.rs; every shape is in
+// What the server sends on Socket.IO (src/transport/socketio/; every shape is in
 // tests/fixtures/server-frames.json): data events under their names (`ticket.update`,
 // `notification`, ...), `resync_required`, and `rowcast:error` `{ code, message, seq }` right
 // before it disconnects the socket. There is no `welcome` and no `error` event. A refused
@@ -48,13 +48,20 @@ export async function resolveIo(io) {
 }
 
 /** Opens one Socket.IO connection; same callbacks and commands as `openWs`. */
-export function openSocketIo({ url, token, since, io }, on) {
+export function openSocketIo({ url, token, since, pid, io }, on) {
   const base = new URL(url, typeof location !== 'undefined' ? location.href : undefined);
   if (base.protocol === 'ws:') base.protocol = 'http:';
   if (base.protocol === 'wss:') base.protocol = 'https:';
   base.pathname = base.pathname.replace(/\/ws\/?$/, '/');
   const auth = { token };
   if (since) auth.since = since;
+  // Connection-state recovery, as socket.io-client's own reconnection sends it: the pid of
+  // the previous connection and the last seq as the offset. rowcast answers with the same
+  // pid (`recovered`) and replays what was missed; otherwise `since` resumes the rooms.
+  if (pid) {
+    auth.pid = pid;
+    if (since) auth.offset = since;
+  }
   const socket = io(base.origin, {
     path: base.pathname.replace(/\/?$/, '/') + 'socket.io/',
     auth,
@@ -73,8 +80,19 @@ export function openSocketIo({ url, token, since, io }, on) {
   };
 
   socket.on('connect', () => {
-    // Socket.IO has no welcome frame: synthesize one so the client treats both alike.
-    on.welcome({ type: 'welcome', session: socket.id, seq: null, expires_at: null });
+    // Socket.IO has no welcome frame: synthesize one so the client treats both alike. The
+    // pid is socket.io-client's own record of the CONNECT answer's pid; the session was
+    // recovered when it is the pid this (new) socket sent (a new socket's own
+    // `socket.recovered` compares with a pid it never had).
+    const answered = socket._pid ?? null;
+    on.welcome({
+      type: 'welcome',
+      session: socket.id,
+      seq: null,
+      expires_at: null,
+      pid: answered,
+      recovered: Boolean(socket.recovered || (pid && answered === pid)),
+    });
   });
   socket.on('connect_error', (err) => {
     const message = (err && err.message) || 'connect_error';
@@ -97,6 +115,8 @@ export function openSocketIo({ url, token, since, io }, on) {
   });
   socket.onAny((name, payload) => {
     if (isControl(name)) return;
+    // Events carry their seq as the trailing argument as well (the recovery offset); the
+    // payload's `seq` is the same.
     on.event(name, payload, { event: name, room: undefined, seq: payload && payload.seq });
   });
 

@@ -150,6 +150,10 @@ fn describe_metrics() {
         "Change-log rows deleted by retention."
     );
     describe_counter!(
+        "rowcast_socketio_recoveries_total",
+        "Socket.IO reconnects that presented a pid, by outcome: recovered, fresh (unknown, foreign or malformed), expired (offset pruned)."
+    );
+    describe_counter!(
         "rowcast_audience_unresolved_total",
         "Rows whose audience rule could not be evaluated, by table: withheld from the users the rule concerns."
     );

@@ -83,6 +83,7 @@ test('socket.io: server restart, then resume with auth.since: missed events in o
     for (let i = 0; i < 3; i++) missed.push(String(await insertTicket(`while down (sio) ${i}`)));
     await startRowcast();
     await waitFor('the missed events', () => rec.events.filter((e) => missed.includes(String(e.payload.id))).length === 3, 15000);
+    assert.equal(client.recovered, true, 'the session was recovered with its pid');
     const live = await insertTicket('after restart (sio)');
     await waitFor('the live event', () => rec.events.some((e) => String(e.payload.id) === String(live)));
     await sleep(300);
@@ -124,6 +125,26 @@ test('socket.io: rowcast:error token_expired is a 4401 close, not an event: getT
     await waitFor('an event after the reconnect', () => rec.events.some((e) => String(e.payload.id) === String(id)));
     assert.deepEqual(asData, [], 'rowcast:error is not delivered as an event');
     assert.ok(!rec.events.some((e) => e.event.startsWith('rowcast:')));
+  } finally {
+    client.close();
+  }
+});
+
+test('socket.io: a client that drops before its first event recovers from its join (no events missed)', async () => {
+  const client = createClient({ url: ROWCAST_URL(), token: await token('1', 'agent'), transport: 'socket.io', io, rooms: ['tickets'], reconnect: { minDelay: 100, maxDelay: 500 } });
+  const rec = record(client);
+  try {
+    await waitFor('connected', () => client.isConnected);
+    await waitFor('tickets joined', () => client.rooms.includes('tickets'));
+    await sleep(300); // the join is recorded with the session's pid
+    await stopRowcast();
+    await waitFor('disconnected', () => !client.isConnected);
+    const missed = [];
+    for (let i = 0; i < 3; i++) missed.push(String(await insertTicket(`never seen (sio) ${i}`)));
+    await startRowcast();
+    await waitFor('the missed events', () => rec.events.filter((e) => missed.includes(String(e.payload.id))).length === 3, 15000);
+    assert.equal(client.recovered, true);
+    assert.deepEqual(rec.events.map((e) => String(e.payload.id)), missed, 'in order, once, nothing else');
   } finally {
     client.close();
   }

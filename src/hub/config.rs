@@ -16,6 +16,10 @@ pub struct HubConfig {
     /// Interval of WebSocket pings sent by the server.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Socket.IO connection-state recovery: a `pid` in every CONNECT answer, each event's
+    /// `seq` as its trailing argument, rooms recorded for recovery. Off: plain Socket.IO
+    /// (clients resume only with `auth.since`).
+    pub socketio_recovery: bool,
 }
 
 impl Default for HubConfig {
@@ -25,6 +29,7 @@ impl Default for HubConfig {
             replay_buffer: 4096,
             max_frame_bytes: 64 * 1024,
             ping_interval: Duration::from_secs(25),
+            socketio_recovery: true,
         }
     }
 }

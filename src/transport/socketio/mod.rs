@@ -168,7 +168,12 @@ async fn authenticate(
     };
     // Connection-state recovery: socket.io-client sends back the pid of its CONNECT answer
     // and the last event's trailing `seq` (its offset). Anything unusable is a fresh connect.
-    let recovery = match auth.get("pid").and_then(Value::as_str) {
+    let recovering = app.hub.config().socketio_recovery;
+    let recovery = match auth
+        .get("pid")
+        .and_then(Value::as_str)
+        .filter(|_| recovering)
+    {
         None => Outcome::Fresh,
         Some(pid) => {
             let offset = auth.get("offset").and_then(Value::as_str);
@@ -205,11 +210,19 @@ async fn authenticate(
                 .increment(1);
             (Recovery::new_pid(), Vec::new(), Some((from, pruned)))
         }
-        Outcome::Fresh => (Recovery::new_pid(), Vec::new(), None),
+        Outcome::Fresh => {
+            if recovering && auth.get("pid").is_some() {
+                metrics::counter!("rowcast_socketio_recoveries_total", "outcome" => "fresh")
+                    .increment(1);
+            }
+            (Recovery::new_pid(), Vec::new(), None)
+        }
     };
     // The CONNECT answer carries the pid (vendor/socketioxide, PATCHES.md): the same one
     // when the session is recovered, so the client's `socket.recovered` is true.
-    socket.extensions.insert(RecoveryPid(pid.to_string()));
+    if recovering {
+        socket.extensions.insert(RecoveryPid(pid.to_string()));
+    }
 
     let session = app.hub.open(user, Transport::SocketIo);
     let requests = Arc::new(Requests::new(PENDING_REQUESTS));
@@ -272,7 +285,11 @@ async fn on_connect(
         session: p.session,
         resume: Resume::new(p.since),
         pid: p.pid,
-        recovery: app.recovery.clone(),
+        recovery: app
+            .hub
+            .config()
+            .socketio_recovery
+            .then(|| app.recovery.clone()),
         requests: p.requests,
         gone: p.gone,
         shutdown: app.shutdown.clone(),
@@ -294,7 +311,8 @@ struct Conn {
     resume: Resume,
     /// The recovery pid, under which the socket's rooms are recorded.
     pid: Uuid,
-    recovery: Arc<Recovery>,
+    /// `None` when recovery is off (`hub.socketio_recovery`).
+    recovery: Option<Arc<Recovery>>,
     requests: Arc<Requests>,
     /// Cancelled when the client disconnected.
     gone: CancellationToken,
@@ -392,6 +410,9 @@ impl Conn {
 
     /// Records the socket's rooms for its recovery (at hub position `h`).
     fn record(&self, h: Position) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
         let user_room = self.session.user.room();
         let rooms: Vec<String> = self
             .session
@@ -399,18 +420,14 @@ impl Conn {
             .into_iter()
             .filter(|r| *r != user_room)
             .collect();
-        self.recovery.record(self.pid, &self.session.user, rooms, h);
+        recovery.record(self.pid, &self.session.user, rooms, h);
     }
 
     async fn deliver(&mut self, d: Delivery) -> Flow {
         if !self.resume.is_new(d.event.seq) {
             return Flow::Continue;
         }
-        // The seq as the trailing string argument: socket.io-client keeps it as the offset
-        // it recovers from (listeners get the payload as their first argument, as before).
-        let flow = self
-            .emit_event(&d.event.name, &(d.payload(), d.event.seq.to_string()))
-            .await;
+        let flow = self.emit_delivery(&d).await;
         if let Flow::Continue = flow {
             self.last_sent = Some(d.event.seq);
         }
@@ -483,8 +500,7 @@ impl Conn {
             match page {
                 Ok(deliveries) => {
                     for d in deliveries {
-                        let args = (d.payload(), d.event.seq.to_string());
-                        if let Flow::Stop = self.emit_event(&d.event.name, &args).await {
+                        if let Flow::Stop = self.emit_delivery(&d).await {
                             return Flow::Stop;
                         }
                         self.last_sent = Some(d.event.seq);
@@ -504,6 +520,18 @@ impl Conn {
             }
         }
         Flow::Continue
+    }
+
+    /// Emits an event. With recovery on, its seq is the trailing string argument:
+    /// socket.io-client keeps it as the offset it recovers from (listeners get the payload
+    /// as their first argument, as before).
+    async fn emit_delivery(&mut self, d: &Delivery) -> Flow {
+        if self.recovery.is_some() {
+            let args = (d.payload(), d.event.seq.to_string());
+            self.emit_event(&d.event.name, &args).await
+        } else {
+            self.emit_event(&d.event.name, d.payload()).await
+        }
     }
 
     async fn emit_event<T: Serialize + ?Sized>(&mut self, name: &str, data: &T) -> Flow {
