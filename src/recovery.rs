@@ -175,7 +175,15 @@ impl Recovery {
                 }
             }
             loop {
-                let batch: Vec<(Uuid, Entry)> = self.lock().drain().collect();
+                let batch: Vec<(Uuid, Entry)> = {
+                    let mut pending = self.lock();
+                    let batch = pending.drain().collect();
+                    // A reconnect storm's burst must not stay allocated.
+                    if pending.capacity() > 1024 {
+                        pending.shrink_to_fit();
+                    }
+                    batch
+                };
                 if batch.is_empty() {
                     break;
                 }

@@ -103,7 +103,18 @@ pub fn footer(outcomes: &[Outcome]) {
 
 /// One run on a fresh PostgreSQL and rowcast.
 pub async fn run(via: Via, clients: usize, rate: u64, seconds: u64) -> Outcome {
-    run_with(via, clients, rate, seconds, None).await
+    run_with(via, clients, rate, seconds, None, |_| {}).await
+}
+
+/// [`run`] with a change to rowcast's configuration.
+pub async fn run_tweaked(
+    via: Via,
+    clients: usize,
+    rate: u64,
+    seconds: u64,
+    tweak: impl FnOnce(&mut setup::Config),
+) -> Outcome {
+    run_with(via, clients, rate, seconds, None, tweak).await
 }
 
 /// [`run`], optionally with an admin webhook endpoint subscribed to every event (`*`)
@@ -114,6 +125,7 @@ pub async fn run_with(
     rate: u64,
     seconds: u64,
     webhook: Option<&str>,
+    tweak: impl FnOnce(&mut setup::Config),
 ) -> Outcome {
     // `BENCH_SYNC_COMMIT=on`: commits wait for the WAL flush (PostgreSQL's default; the
     // throwaway cluster runs with `fsync=off`, so the flush itself costs nothing). With it
@@ -132,6 +144,7 @@ pub async fn run_with(
         // The receiver runs on loopback: allow it past the SSRF guard.
         config.webhook.allow_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
     }
+    tweak(&mut config);
     setup::migrate_now(&config).await;
     let rc = Rowcast::start(&config);
     let config_line = setup::describe(&rc.config);

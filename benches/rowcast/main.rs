@@ -26,6 +26,10 @@
 //!   500) of random tickets: latency for agents and customers, whether each customer got
 //!   exactly their own ticket's updates, rowcast CPU per delivered event and database
 //!   statements per change — beside the same population as agents only and a small one.
+//! - `recovery [--events E]`: an npm socket.io-client recovers its session after E missed
+//!   events (default 10,000): time until it has them all.
+//! - `recovery-arg [--seconds S]`: 200 npm Socket.IO clients × 500 updates/s with connection-
+//!   state recovery on (each event's seq as a trailing argument) and off, side by side.
 //! - `all`: every scenario with its defaults.
 //!
 //! Every scenario passes its whole `rowcast::config::Config` to the binary (a TOML file named
@@ -41,6 +45,7 @@ mod fanout;
 mod latency;
 mod memory;
 mod overhead;
+mod recovery;
 mod setup;
 mod webhooks;
 
@@ -147,6 +152,26 @@ fn main() {
         "fanout" => rt.block_on(fanout::run(&sizes, args.seconds)),
         "memory" => rt.block_on(memory::run(args.clients.unwrap_or(10_000))),
         "catchup" => rt.block_on(catchup::run(args.events.unwrap_or(100_000))),
+        "recovery" => rt.block_on(recovery::run(args.events.unwrap_or(10_000))),
+        "recovery-arg" => {
+            println!(
+                "\n## latency with and without the trailing seq argument ({seconds} s per run)\n"
+            );
+            latency::header();
+            let mut outcomes = Vec::new();
+            for on in [true, false] {
+                let o = rt.block_on(latency::run_tweaked(
+                    Via::SocketIo,
+                    200,
+                    500,
+                    seconds,
+                    |c| c.hub.socketio_recovery = on,
+                ));
+                latency::row(&o);
+                outcomes.push(o);
+            }
+            latency::footer(&outcomes);
+        }
         "audience" => rt.block_on(audience::run(
             args.clients.unwrap_or(10_000),
             50,

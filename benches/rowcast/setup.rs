@@ -9,7 +9,7 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rowcast::Settings as Config;
+pub use rowcast::Settings as Config;
 use rowcast::api::auth::Authenticator;
 use rowcast::config::JwtConfig;
 use rowcast::pgtemp::PgTemp;
@@ -326,6 +326,7 @@ pub fn describe(config: &Config) -> String {
     format!(
         "rowcast config: capture.mode = {}, capture.batch_size = {}, capture.active_poll = {:?}, \
          capture.idle_after = {:?}, hub.session_queue = {}, hub.replay_buffer = {}, \
+         hub.socketio_recovery = {}, \
          pool_size = {}, webhook.concurrency = {}, webhook.allow_cidrs = {:?}, log.level = {}",
         c.capture.mode.as_str(),
         c.capture.batch_size,
@@ -333,6 +334,7 @@ pub fn describe(config: &Config) -> String {
         c.capture.idle_after,
         c.hub.session_queue,
         c.hub.replay_buffer,
+        c.hub.socketio_recovery,
         c.pool_size,
         c.webhook.concurrency,
         c.webhook

@@ -157,7 +157,7 @@ pub async fn enqueue_cost(seconds: u64) {
     let without = latency::run(Via::Ws, 50, 200, seconds).await;
     latency::row(&without);
     let rx = receiver().await;
-    let with = latency::run_with(Via::Ws, 50, 200, seconds, Some(&rx.url)).await;
+    let with = latency::run_with(Via::Ws, 50, 200, seconds, Some(&rx.url), |_| {}).await;
     latency::row(&with);
     latency::footer(&[without, with]);
     println!(

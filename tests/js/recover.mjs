@@ -7,6 +7,9 @@
 //   {"cmd":"drop","id":"a"}                    the network drops (engine closed; the client reconnects)
 //   {"cmd":"set","id":"a","pid":"...","offset":"..."}   overwrite what the client sends back
 //   {"cmd":"info","id":"a"}                    answers {"type":"info","pid","offset"}
+//   {"cmd":"pause","id":"a"} / {"cmd":"resume","id":"a"}   socket.disconnect() / socket.connect()
+//   {"cmd":"count","id":"a","n":N}             quiet mode: no event lines; one {"type":"counted",
+//                                              "n","ms","ordered"} once N events arrived after it
 //   {"cmd":"close","id":"a"}
 // stdout, one JSON line per thing that happened to socket `id`:
 //   {"id","type":"connect","recovered","pid"} | {"id","type":"connect_error","message"} |
@@ -17,6 +20,7 @@ import readline from "node:readline";
 
 const base = process.argv[2];
 const sockets = new Map();
+const counting = new Map();
 const out = (v) => process.stdout.write(JSON.stringify(v) + "\n");
 
 function connect({ id, auth, rooms = [], transports }) {
@@ -33,8 +37,21 @@ function connect({ id, auth, rooms = [], transports }) {
   });
   socket.on("connect_error", (err) => out({ id, type: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ id, type: "disconnect", reason }));
-  socket.onAny((event, ...args) =>
-    out({ id, type: "event", event, payload: args[0], args: args.length, last: args[args.length - 1] }));
+  socket.onAny((event, ...args) => {
+    const c = counting.get(id);
+    if (c) {
+      c.got += 1;
+      const seq = Number(args[args.length - 1]);
+      if (!(seq > c.last)) c.ordered = false;
+      c.last = seq;
+      if (c.got === c.n) {
+        out({ id, type: "counted", n: c.got, ms: performance.now() - c.t0, ordered: c.ordered });
+        counting.delete(id);
+      }
+      return;
+    }
+    out({ id, type: "event", event, payload: args[0], args: args.length, last: args[args.length - 1] });
+  });
   sockets.set(id, socket);
 }
 
@@ -52,6 +69,15 @@ rl.on("line", (line) => {
     case "set":
       if (c.pid !== undefined) socket._pid = c.pid;
       if (c.offset !== undefined) socket._lastOffset = c.offset;
+      break;
+    case "pause":
+      socket.disconnect();
+      break;
+    case "resume":
+      socket.connect();
+      break;
+    case "count":
+      counting.set(c.id, { n: c.n, got: 0, last: 0, ordered: true, t0: performance.now() });
       break;
     case "info":
       out({ id: c.id, type: "info", pid: socket._pid ?? null, offset: socket._lastOffset ?? null });
