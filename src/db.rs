@@ -149,7 +149,9 @@ pub fn replication_config(
             .with_tls(tls)
             .with_status_interval(Duration::from_secs(1))
             .with_wakeup_interval(Duration::from_secs(5))
-            .with_application_name("rowcast"),
+            .with_application_name("rowcast")
+            // Logical capture renders timestamps from their text, in ISO style.
+            .with_options("-c datestyle=ISO,MDY"),
     )
 }
 

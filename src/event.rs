@@ -115,8 +115,15 @@ pub struct Change {
     pub table: String,
     /// Key values as a JSON array.
     pub pk: serde_json::Value,
-    /// The old row, for deletes (hidden columns already removed by the trigger).
+    /// The old row, for deletes (hidden columns already removed by the trigger); for
+    /// updates, the old values of the audience columns they changed.
     pub old: Option<serde_json::Value>,
+    /// The row as of the change's commit (inserts and updates), hidden columns never
+    /// included. `None` for changes written by versions before the log carried rows.
+    pub data: Option<serde_json::Value>,
+    /// Why the change carries no row: its table's columns no longer matched what
+    /// `rowcast migrate` installed, so nothing of the row was kept.
+    pub withheld: Option<String>,
 }
 
 /// An enriched, routed event, serialized once and shared by every session that receives it.

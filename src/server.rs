@@ -31,9 +31,9 @@ pub enum RunError {
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error(
-        "rowcast's schema is not installed in this database: run `rowcast migrate` (or `serve --migrate`)"
+        "rowcast's schema in this database lacks migrations {}: run `rowcast migrate` (or `serve --migrate`)", .0.join(", ")
     )]
-    NotMigrated,
+    NotMigrated(Vec<String>),
     #[error("the database does not match the configuration (run `rowcast check` for details):\n  - {}", .0.join("\n  - "))]
     Mismatch(Vec<String>),
     #[error("webhooks: {0}")]
@@ -76,14 +76,12 @@ pub async fn run(
         .get()
         .await
         .map_err(|e| RunError::Connect(crate::telemetry::error_chain(&e)))?;
-    let installed: bool = client
-        .query_one("SELECT to_regclass('rowcast.changes') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !installed {
-        return Err(RunError::NotMigrated);
+    let pending = crate::migrate::pending(&**client).await?;
+    if !pending.is_empty() {
+        return Err(RunError::NotMigrated(pending));
     }
-    let (catalog, mut problems) = catalog::resolve(&**client, &config.tables).await?;
+    let (catalog, mut problems) =
+        catalog::resolve(&**client, &config.tables, catalog::Purpose::Serve).await?;
     if config.capture.mode == CaptureMode::Logical {
         let slot = &config.capture.slot;
         if changelog::slot(&**client, slot).await?.is_none() {
@@ -96,6 +94,9 @@ pub async fn run(
         return Err(RunError::Mismatch(problems));
     }
     let start = changelog::start_position(&**client).await?;
+    catalog
+        .withheld
+        .replace(catalog::drift(&**client, &catalog).await?);
     drop(client);
 
     let catalog = Arc::new(catalog);

@@ -41,9 +41,13 @@ pub struct CaptureConfig {
     /// Poll interval while changes keep arriving.
     #[serde(with = "humantime_serde")]
     pub active_poll: Duration,
-    /// Quiet time after which capture parks and waits for a NOTIFY wake-up.
+    /// Window over which the sequencer measures the change rate (trigger mode).
     #[serde(with = "humantime_serde")]
     pub idle_after: Duration,
+    /// Trigger mode: while fewer changes than this come per second the sequencer is parked
+    /// (each commit's NOTIFY wakes it, no poll between changes); above it the triggers stop
+    /// notifying and the sequencer batches back to back. It parks again below half of it.
+    pub park_below: f64,
     /// Safety poll while parked (a NOTIFY can be lost; the log cannot).
     #[serde(with = "humantime_serde")]
     pub idle_poll: Duration,
@@ -61,6 +65,7 @@ impl Default for CaptureConfig {
             batch_size: 1000,
             active_poll: Duration::from_millis(5),
             idle_after: Duration::from_millis(500),
+            park_below: 2000.0,
             idle_poll: Duration::from_secs(1),
             max_lag: Duration::from_secs(30),
         }
@@ -85,6 +90,11 @@ impl CaptureConfig {
                     "{what} {name:?} must be 1-63 lowercase letters, digits or _"
                 ));
             }
+        }
+        if !(self.park_below >= 0.0 && self.park_below.is_finite()) {
+            problems.push(
+                "capture.park_below must be a number of changes per second, 0 or more".into(),
+            );
         }
         if self.batch_size < 1 || self.batch_size > 100_000 {
             problems.push("capture.batch_size must be between 1 and 100000".into());

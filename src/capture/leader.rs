@@ -35,10 +35,6 @@ impl Leader {
         }
         Ok(self.held)
     }
-
-    pub(super) fn is_held(&self) -> bool {
-        self.held
-    }
 }
 
 /// The slot consumer task of the sequencer replica (logical mode).

@@ -1,17 +1,19 @@
 //! Capture: tails the change log and hands enriched events to a [`Sink`], never skipping one.
 //!
-//! One replica at a time is the *sequencer* (session advisory lock): it stamps committed
-//! changes with `seq` in serialized transactions (`changelog::sequence`). Every replica
-//! tails `seq > position`, so all see one gap-free order, and an open transaction delays
-//! only its own changes. The log is the truth and NOTIFY only a hint. While changes keep
-//! coming, capture polls every `active_poll`; after `idle_after` of quiet the sequencer
-//! *parks* ([`park`]): only then do capture triggers call `pg_notify`. A safety poll every
-//! `idle_poll` covers lost notifications. After any reconnect it reads the log from its
-//! in-memory position, so a PostgreSQL restart loses nothing.
+//! One replica at a time is the *sequencer* (session advisory lock). In trigger mode it
+//! records batches of committed changes (`changelog::tick`), each numbered after every
+//! earlier one, without rewriting a change; in logical mode it streams the replication slot
+//! into the log with `seq` already set ([`logical`]). Every replica tails `seq > position`,
+//! so all see one gap-free order, and an open transaction delays only its own changes. The
+//! log is the truth and NOTIFY only a hint: the sequencer announces every batch on the
+//! sequenced channel, so the other replicas never poll on the live path (a safety read every
+//! `idle_poll` covers a lost notification). The trigger-mode sequencer itself is woken by
+//! the capture triggers' NOTIFY while changes come slowly ([`park`]) and batches back to
+//! back while they come fast. After any reconnect it reads the log from its in-memory
+//! position, so a PostgreSQL restart loses nothing.
 //!
-//! In logical mode (`capture.mode = "logical"`) the sequencer does not stamp trigger rows:
-//! it streams the replication slot into the log with `seq` already set ([`logical`]), and
-//! every batch it writes wakes the readers, so nobody polls or parks.
+//! Every few seconds capture compares the captured tables' live columns with what
+//! `rowcast migrate` installed (`catalog::drift`): a table that changed is withheld.
 //!
 //! Failures end the session and are retried with the shared policy (`crate::retry`); one
 //! that needs an operator (a publication without the key column, a missing privilege) is
@@ -45,6 +47,8 @@ pub use status::{CaptureHealth, CaptureStatus};
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
 /// A session that has run this long without failing clears a reported problem.
 const PROBLEM_CLEARED_AFTER: Duration = PERMANENT_RETRY;
+/// How often the captured tables' live columns are compared with what was installed.
+const SHAPE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Where capture delivers events.
 ///
@@ -196,7 +200,7 @@ impl Capture {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
-        let mut conn = Listener::connect(self).await?;
+        let conn = Listener::connect(self).await?;
         let connected_at = Instant::now();
         self.status.set_connected(true);
         tracing::info!(%position, "capture connected");
@@ -205,19 +209,32 @@ impl Capture {
         let mut slot: Option<SlotTask> = None;
         let mut park = Park::new(&self.config);
         let mut last_lag_check: Option<Instant> = None;
+        let mut last_shape_check: Option<Instant> = None;
+        // Where the last read ended inside a batch (continue by key, not by counting).
+        let mut mark = None;
         loop {
-            let mut progressed = false;
-            if leader.refresh(&conn.client).await? {
-                if logical {
-                    // The sequencer streams the slot into the log; its end ends this
-                    // session (and so the lock), and the retry starts it again.
-                    leader::supervise_slot(&mut slot, || self.slot_consumer(&conn.wake))?;
-                } else {
-                    progressed =
-                        changelog::sequence(&mut conn.client, self.config.batch_size).await? > 0;
-                }
+            let lead = leader.refresh(&conn.client).await?;
+            if lead && logical {
+                // The sequencer streams the slot into the log; its end ends this session
+                // (and so the lock), and the retry starts it again.
+                leader::supervise_slot(&mut slot, || self.slot_consumer(&conn.wake))?;
             }
-            progressed |= self.tail(&conn.client, position).await?;
+            // Trigger mode: the tick and the read go out together (one round trip): the
+            // read sees the batch the tick recorded.
+            let tick = async {
+                match lead && !logical {
+                    true => changelog::tick(&conn.client).await,
+                    false => Ok(None),
+                }
+            };
+            let (ticked, progressed) =
+                tokio::join!(tick, self.tail(&conn.client, position, &mut mark));
+            let mut progressed = progressed?;
+            if let Some(t) = ticked? {
+                park.sequenced(&conn.client, (t.last.0 - t.first.0 + 1) as u64)
+                    .await?;
+                progressed = true;
+            }
             // The log was read: the next failure starts from the shortest delay. A problem
             // that needed an operator counts as fixed once a session outlives the retry
             // delay (a failure that recurs at once keeps it in `/readyz`).
@@ -225,9 +242,13 @@ impl Capture {
             if connected_at.elapsed() > PROBLEM_CLEARED_AFTER {
                 self.status.set_problem(None);
             }
+            if last_shape_check.is_none_or(|t| t.elapsed() > SHAPE_CHECK_EVERY) {
+                let drift = crate::catalog::drift(&conn.client, &self.catalog).await?;
+                self.catalog.withheld.replace(drift);
+                last_shape_check = Some(Instant::now());
+            }
             if progressed {
-                park.active(&conn.client).await?;
-                self.status.set_parked(false);
+                self.status.set_parked(park.is_parked());
                 continue;
             }
             if last_lag_check.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
@@ -235,11 +256,12 @@ impl Capture {
                 last_lag_check = Some(Instant::now());
             }
             // Nothing new. In logical mode every batch the slot consumer writes is
-            // announced (a NOTIFY, and `wake` in this process): only the safety poll.
+            // announced (a NOTIFY, and `wake` in this process); other replicas are woken by
+            // the sequencer's NOTIFY after each batch: only the safety poll.
             let wait = if logical {
                 self.config.idle_poll
             } else {
-                park.next_wait(&conn.client, leader.is_held()).await?
+                park.next_wait(&conn.client, lead).await?
             };
             self.status.set_parked(park.is_parked());
             match conn.wait(wait, shutdown).await {
@@ -257,10 +279,16 @@ impl Capture {
     }
 
     /// Reads the next batch after `position` and publishes it. Returns whether there was one.
-    async fn tail(&self, client: &Client, position: &mut Position) -> Result<bool, CaptureError> {
+    async fn tail(
+        &self,
+        client: &Client,
+        position: &mut Position,
+        mark: &mut Option<changelog::Mark>,
+    ) -> Result<bool, CaptureError> {
+        let range = LogRange::after(*position).with_mark(*mark);
         let page = self
             .enricher
-            .events_after(client, LogRange::after(*position), self.config.batch_size)
+            .events_after(client, range, self.config.batch_size)
             .await?;
         self.status.mark_read(*position);
         let Some(upto) = page.last else {
@@ -276,6 +304,7 @@ impl Capture {
         record_lag(&page.events);
         self.sink.publish(page.events, upto);
         *position = upto;
+        *mark = page.mark;
         self.status.mark_read(upto);
         Ok(true)
     }

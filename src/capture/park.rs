@@ -1,8 +1,11 @@
-//! Parking (trigger mode): after `idle_after` of quiet the sequencer sets
-//! `rowcast.parked_until`, and only while that time lies ahead do the capture triggers call
-//! `pg_notify` — so a busy application pays no NOTIFY lock at commit. Parking is race-free:
-//! after setting the mark, capture keeps polling until every transaction that could have
-//! read the old value has finished.
+//! Parking (trigger mode): while fewer than `capture.park_below` changes per second come
+//! in, the sequencer sets `rowcast.parked_until`, and only while that time lies ahead do the
+//! capture triggers call `pg_notify` — so the sequencer is woken by each commit at light
+//! load (no poll between changes) and a busy application pays no NOTIFY lock at commit (the
+//! sequencer then batches back to back). Rates are measured over windows of
+//! `capture.idle_after`; the sequencer unparks at `park_below` and parks again below half
+//! of it. Parking is race-free: after setting the mark, capture keeps polling until every
+//! transaction that could have read the old value has finished.
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +18,14 @@ use crate::changelog;
 #[derive(Debug)]
 pub(super) struct Park {
     state: Option<Parked>,
-    last_activity: Instant,
+    /// The current rate window: when it started, changes sequenced in it.
+    window: (Instant, u64),
+    /// Changes per second in the last complete window.
+    rate: f64,
     active_poll: Duration,
-    idle_after: Duration,
+    window_len: Duration,
     idle_poll: Duration,
+    park_below: f64,
 }
 
 #[derive(Debug)]
@@ -35,10 +42,12 @@ impl Park {
     pub(super) fn new(config: &CaptureConfig) -> Park {
         Park {
             state: None,
-            last_activity: Instant::now(),
+            window: (Instant::now(), 0),
+            rate: 0.0,
             active_poll: config.active_poll,
-            idle_after: config.idle_after,
+            window_len: config.idle_after.max(Duration::from_millis(10)),
             idle_poll: config.idle_poll,
+            park_below: config.park_below,
         }
     }
 
@@ -47,30 +56,45 @@ impl Park {
         self.state.as_ref().is_some_and(|p| p.settled)
     }
 
-    /// Something happened: poll actively again, and unpark if parked.
-    pub(super) async fn active(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
-        self.last_activity = Instant::now();
-        if self.state.take().is_some() {
+    /// `n` changes were sequenced. Unparks as soon as the rate reaches `park_below`.
+    pub(super) async fn sequenced(
+        &mut self,
+        client: &Client,
+        n: u64,
+    ) -> Result<(), tokio_postgres::Error> {
+        self.window.1 += n;
+        self.roll_window();
+        let current = self.window.1 as f64 / self.window_len.as_secs_f64();
+        if self.state.is_some() && (self.rate >= self.park_below || current >= self.park_below) {
+            self.state = None;
             changelog::unpark(client).await?;
+            tracing::debug!(rate = self.rate.max(current), "busy: the sequencer polls");
         }
         Ok(())
     }
 
-    /// How long to wait for a wake-up before reading the log again, parking the sequencer
-    /// once it has been quiet for `idle_after`. Only the sequencer (`leader`) parks; other
-    /// replicas are woken by the sequencer's NOTIFY after each batch.
+    fn roll_window(&mut self) {
+        let elapsed = self.window.0.elapsed();
+        if elapsed >= self.window_len {
+            self.rate = self.window.1 as f64 / elapsed.as_secs_f64();
+            self.window = (Instant::now(), 0);
+        }
+    }
+
+    /// How long to wait for a wake-up before reading the log again, after a read that found
+    /// nothing new. Only the sequencer (`leader`) parks; other replicas are woken by the
+    /// sequencer's NOTIFY after each batch and otherwise only check every `idle_poll`.
     pub(super) async fn next_wait(
         &mut self,
         client: &Client,
         leader: bool,
     ) -> Result<Duration, tokio_postgres::Error> {
-        if self.last_activity.elapsed() < self.idle_after {
-            return Ok(self.active_poll);
-        }
         if !leader {
             return Ok(self.idle_poll);
         }
+        self.roll_window();
         match &mut self.state {
+            None if self.rate >= self.park_below / 2.0 => Ok(self.active_poll),
             None => {
                 let ttl = (self.idle_poll.as_secs_f64() * 10.0).max(30.0);
                 changelog::park(client, ttl).await?;

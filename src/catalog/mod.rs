@@ -9,7 +9,10 @@
 mod audience;
 mod names;
 mod resolve;
+mod rows;
+mod shape;
 mod template;
+mod types;
 
 use std::collections::BTreeMap;
 
@@ -17,8 +20,11 @@ use serde::{Deserialize, Serialize};
 
 pub use audience::{AudienceConfig, EvalError, NoParents, Parents, Rule, RuleError, Step};
 pub use names::{TableName, quote_ident};
-pub use resolve::{AudienceSpec, Catalog, KeyColumn, TableSpec, resolve};
+pub use resolve::{AudienceSpec, Catalog, KeyColumn, Purpose, TableSpec, resolve};
+pub use rows::by_keys as rows_by_keys;
+pub use shape::{Withheld, drift, forget_installed, installed_visible, record_installed};
 pub use template::{RoomTemplate, TemplateError, scalar_text};
+pub use types::{TypeFacts, type_facts};
 
 /// What a captured table is to rowcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

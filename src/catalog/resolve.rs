@@ -140,6 +140,8 @@ impl TableSpec {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub tables: Vec<Arc<TableSpec>>,
+    /// Tables whose rows are withheld right now (see [`super::drift`]).
+    pub withheld: super::Withheld,
     by_name: HashMap<String, usize>,
     by_entity: HashMap<String, usize>,
 }
@@ -185,11 +187,22 @@ impl Catalog {
     }
 }
 
+/// What a table is resolved for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `migrate` and `check`: the configuration must match the live table exactly.
+    Install,
+    /// Serving: a configured hidden column missing from the live table (renamed, dropped)
+    /// does not stop rowcast; the table is withheld instead (see [`super::drift`]).
+    Serve,
+}
+
 /// Resolves every configured table against the database. Returns the catalog of the tables
 /// that resolved and a list of problems (missing tables, keys, columns, privileges).
 pub async fn resolve<C: GenericClient>(
     client: &C,
     tables: &[TableConfig],
+    purpose: Purpose,
 ) -> Result<(Catalog, Vec<String>), tokio_postgres::Error> {
     let mut catalog = Catalog::default();
     let mut problems = Vec::new();
@@ -269,8 +282,10 @@ pub async fn resolve<C: GenericClient>(
             ok = false;
         }
         let mut needed: Vec<(&str, String)> = Vec::new();
-        for h in &tc.hidden {
-            needed.push(("hidden column", h.clone()));
+        if purpose == Purpose::Install {
+            for h in &tc.hidden {
+                needed.push(("hidden column", h.clone()));
+            }
         }
         for (what, c) in [
             ("recipient_column", &tc.recipient_column),

@@ -1,93 +1,9 @@
-//! SQL over `rowcast.changes`: reading in `seq` order, appending (logical mode), retention.
+//! SQL over `rowcast.changes` and `rowcast.batches` besides reading: positions,
+//! appending (logical mode), retention.
 
 use tokio_postgres::GenericClient;
-use tokio_postgres::Row;
 
-use crate::event::{Change, Op, Position};
-
-const COLUMNS: &str = "seq, at, op, tbl, pk, old";
-
-/// What one read of the log returned.
-#[derive(Debug, Default)]
-pub struct Read {
-    /// The well-formed changes, in `seq` order.
-    pub changes: Vec<Change>,
-    /// The position of the last row read, malformed or not: where the next read starts.
-    pub last: Option<Position>,
-    /// Rows read, malformed ones included.
-    pub rows: usize,
-}
-
-impl Read {
-    fn from_rows(rows: &[Row]) -> Read {
-        let mut read = Read {
-            changes: Vec::with_capacity(rows.len()),
-            last: None,
-            rows: rows.len(),
-        };
-        for row in rows {
-            let pos = Position(row.get(0));
-            read.last = Some(pos);
-            let code: i8 = row.get(2);
-            match Op::from_code(code as u8) {
-                Some(op) => read.changes.push(Change {
-                    pos,
-                    at: row.get(1),
-                    op,
-                    table: row.get(3),
-                    pk: row.get(4),
-                    old: row.get(5),
-                }),
-                None => {
-                    let table: String = row.get(3);
-                    metrics::counter!("rowcast_changelog_malformed_total").increment(1);
-                    tracing::warn!(seq = %pos, table, op = code, "skipping a change-log row with an unknown op code");
-                }
-            }
-        }
-        read
-    }
-}
-
-/// Sequenced changes after `after`, in `seq` order, at most `limit` rows.
-pub async fn read_after<C: GenericClient>(
-    client: &C,
-    after: Position,
-    limit: i64,
-) -> Result<Read, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM rowcast.changes
-                  WHERE seq > $1 ORDER BY seq LIMIT $2"
-            ),
-            &[&after.0, &limit],
-        )
-        .await?;
-    Ok(Read::from_rows(&rows))
-}
-
-/// Changes in `(after, until]`, optionally only of `tables`, in `seq` order.
-pub async fn read_range<C: GenericClient>(
-    client: &C,
-    after: Position,
-    until: Position,
-    tables: Option<&[String]>,
-    limit: i64,
-) -> Result<Read, tokio_postgres::Error> {
-    let tables: Option<Vec<String>> = tables.map(|t| t.to_vec());
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM rowcast.changes
-                  WHERE seq > $1 AND seq <= $2 AND ($3::text[] IS NULL OR tbl = ANY($3))
-                  ORDER BY seq LIMIT $4"
-            ),
-            &[&after.0, &until.0, &tables, &limit],
-        )
-        .await?;
-    Ok(Read::from_rows(&rows))
-}
+use crate::event::{Op, Position};
 
 /// The newest sequenced position after `after`, if there is one.
 pub async fn newest_after<C: GenericClient>(
@@ -96,7 +12,7 @@ pub async fn newest_after<C: GenericClient>(
 ) -> Result<Option<Position>, tokio_postgres::Error> {
     let seq: Option<i64> = client
         .query_one(
-            "SELECT max(seq) FROM rowcast.changes WHERE seq > $1",
+            "SELECT max(last_seq) FROM rowcast.batches WHERE last_seq > $1",
             &[&after.0],
         )
         .await?
@@ -112,7 +28,7 @@ pub async fn start_position<C: GenericClient>(
     let seq: i64 = client
         .query_one(
             "SELECT GREATEST(
-                (SELECT max(seq) FROM rowcast.changes),
+                (SELECT max(last_seq) FROM rowcast.batches),
                 (SELECT max(seq) FROM rowcast.cursors), 0)",
             &[],
         )
@@ -121,51 +37,73 @@ pub async fn start_position<C: GenericClient>(
     Ok(Position(seq))
 }
 
-/// Age in seconds of the oldest change not yet delivered past `after`: unsequenced ones
-/// (their transaction committed, or is still open) or sequenced after `after`.
+/// Age in seconds of the oldest change not yet delivered past `after`: committed ones not
+/// in a batch yet (trigger mode), or in a batch after `after`.
 pub async fn oldest_unconsumed_age<C: GenericClient>(
     client: &C,
     after: Position,
 ) -> Result<f64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
-                (SELECT at FROM rowcast.changes WHERE seq IS NULL ORDER BY id LIMIT 1),
-                (SELECT at FROM rowcast.changes WHERE seq > $1 ORDER BY seq LIMIT 1)))::float8, 0)",
+            "WITH head AS (SELECT snap FROM rowcast.batches WHERE snap IS NOT NULL
+                             ORDER BY batch DESC LIMIT 1)
+             SELECT COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+                (SELECT min(c.at) FROM rowcast.changes c, head h
+                  WHERE c.seq IS NULL
+                    AND (c.txid >= pg_catalog.pg_snapshot_xmax(h.snap)
+                         OR c.txid = ANY (ARRAY(SELECT pg_catalog.pg_snapshot_xip(h.snap))))),
+                (SELECT at FROM rowcast.batches WHERE last_seq > $1 ORDER BY last_seq LIMIT 1)
+             ))::float8, 0)",
             &[&after.0],
         )
         .await?;
     Ok(row.get(0))
 }
 
-/// Deletes up to `batch` sequenced changes older than `max_age_secs` and not after
-/// `keep_after` (the outbox cursor: changes it has not enqueued yet are kept), and records
-/// the newest deleted position in the `pruned` cursor. Returns how many were deleted.
+/// Deletes whole batches older than `max_age_secs` and not after `keep_after` (the
+/// outbox cursor: changes it has not enqueued yet are kept), about `limit` changes at a
+/// time, and records the newest deleted position in the `pruned` cursor. Returns how many
+/// changes were deleted.
 pub async fn prune<C: GenericClient>(
     client: &C,
     max_age_secs: f64,
     keep_after: Option<Position>,
-    batch: i64,
+    limit: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let keep = keep_after.unwrap_or(Position(i64::MAX));
     let row = client
         .query_one(
-            "WITH doomed AS (
-                SELECT seq FROM rowcast.changes
-                 WHERE seq IS NOT NULL AND seq <= $2 AND at < now() - make_interval(secs => $1)
-                 ORDER BY seq LIMIT $3),
-             gone AS (
-                DELETE FROM rowcast.changes c USING doomed d WHERE c.seq = d.seq RETURNING c.seq),
-             mark AS (
-                INSERT INTO rowcast.cursors (name, seq)
-                SELECT $4, max(seq) FROM gone HAVING max(seq) IS NOT NULL
-                ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()
-                 WHERE rowcast.cursors.seq < EXCLUDED.seq)
-             SELECT count(*) FROM gone",
+            &format!(
+                "WITH old AS (
+                    SELECT b.*, (sum(b.last_seq - b.first_seq + 1) OVER (ORDER BY b.last_seq))::int8 AS upto
+                      FROM rowcast.batches b
+                     WHERE b.last_seq <= $2::int8
+                       AND b.at < now() - make_interval(secs => $1::float8)),
+                 doomed AS (
+                    SELECT * FROM old WHERE upto - (last_seq - first_seq + 1) < $3::int8),
+                 gone_seq AS (
+                    DELETE FROM rowcast.changes c USING doomed d
+                     WHERE d.snap IS NULL AND c.seq BETWEEN d.first_seq AND d.last_seq
+                    RETURNING 1),
+                 gone_snap AS (
+                    DELETE FROM rowcast.changes c USING doomed d
+                     WHERE d.snap IS NOT NULL AND {}
+                    RETURNING 1),
+                 gone AS (
+                    DELETE FROM rowcast.batches b USING doomed d WHERE b.batch = d.batch
+                    RETURNING b.last_seq),
+                 mark AS (
+                    INSERT INTO rowcast.cursors (name, seq)
+                    SELECT $4, max(last_seq) FROM gone HAVING max(last_seq) IS NOT NULL
+                    ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()
+                     WHERE rowcast.cursors.seq < EXCLUDED.seq)
+                 SELECT (SELECT count(*) FROM gone_seq) + (SELECT count(*) FROM gone_snap)",
+                super::read::membership("d.min_id", "d.max_id", "d.snap", "d.prev", true)
+            ),
             &[
                 &max_age_secs,
                 &keep.0,
-                &batch,
+                &limit.max(1),
                 &super::Cursor::Pruned.name(),
             ],
         )
@@ -180,36 +118,56 @@ pub struct NewChange {
     pub table: String,
     pub pk: serde_json::Value,
     pub old: Option<serde_json::Value>,
+    /// The row after the change (inserts and updates), hidden columns never included.
+    pub data: Option<serde_json::Value>,
+    /// Why the change carries no row (its table's shape changed).
+    pub withheld: Option<String>,
 }
 
-/// Appends changes to the log in their order, each with the next `seq`; returns the
-/// `seq`s in the same order.
+/// Appends changes to the log in their order, each with the next `seq`, and records them
+/// as one batch; returns the `seq`s in the same order.
 pub async fn append<C: GenericClient>(
     client: &C,
     rows: impl Iterator<Item = NewChange>,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let (mut at, mut op, mut tbl, mut pk, mut old) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cols = AppendColumns::default();
     for c in rows {
-        at.push(c.at);
-        op.push((c.op.code() as char).to_string());
-        tbl.push(c.table);
-        pk.push(c.pk);
-        old.push(c.old);
+        cols.at.push(c.at);
+        cols.op.push((c.op.code() as char).to_string());
+        cols.tbl.push(c.table);
+        cols.pk.push(c.pk);
+        cols.old.push(c.old);
+        cols.data.push(c.data);
+        cols.withheld.push(c.withheld);
     }
-    if at.is_empty() {
+    if cols.at.is_empty() {
         return Ok(Vec::new());
     }
     // `unnest` yields the rows in order, so `nextval` numbers them in order too.
     let mut seqs: Vec<i64> = client
         .query(
-            "INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old)
-             SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old
-               FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
-                    WITH ORDINALITY AS u(at, op, tbl, pk, old, ord)
-              ORDER BY u.ord
-             RETURNING seq",
-            &[&at, &op, &tbl, &pk, &old],
+            "WITH ins AS (
+                INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
+                SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old,
+                       u.data, u.withheld, NULL
+                  FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
+                              $6::jsonb[], $7::text[])
+                       WITH ORDINALITY AS u(at, op, tbl, pk, old, data, withheld, ord)
+                 ORDER BY u.ord
+                RETURNING seq, at),
+             batch AS (
+                INSERT INTO rowcast.batches (first_seq, last_seq, at)
+                SELECT min(seq), max(seq), min(at) FROM ins)
+             SELECT seq FROM ins",
+            &[
+                &cols.at,
+                &cols.op,
+                &cols.tbl,
+                &cols.pk,
+                &cols.old,
+                &cols.data,
+                &cols.withheld,
+            ],
         )
         .await?
         .iter()
@@ -217,6 +175,17 @@ pub async fn append<C: GenericClient>(
         .collect();
     seqs.sort_unstable();
     Ok(seqs)
+}
+
+#[derive(Default)]
+struct AppendColumns {
+    at: Vec<time::OffsetDateTime>,
+    op: Vec<String>,
+    tbl: Vec<String>,
+    pk: Vec<serde_json::Value>,
+    old: Vec<Option<serde_json::Value>>,
+    data: Vec<Option<serde_json::Value>>,
+    withheld: Vec<Option<String>>,
 }
 
 /// Sets the old rows of deletes already in the log (by `seq`).

@@ -1,8 +1,9 @@
-//! The sequencer's SQL (trigger mode): leadership, stamping `seq`, parking.
+//! The sequencer's SQL (trigger mode): leadership, batches, parking.
 
 use tokio_postgres::GenericClient;
 
-use super::{SEQUENCED_CHANNEL, SEQUENCER_LOCK};
+use super::SEQUENCER_LOCK;
+use crate::event::Position;
 
 /// Tries to become the sequencer (session-level lock: held until this connection ends).
 pub async fn try_lead<C: GenericClient>(client: &C) -> Result<bool, tokio_postgres::Error> {
@@ -12,30 +13,27 @@ pub async fn try_lead<C: GenericClient>(client: &C) -> Result<bool, tokio_postgr
         .get(0))
 }
 
-/// Stamps up to `limit` committed, unsequenced changes with the next `seq` values, in
-/// change-id order, and announces them. Only the lock holder calls this, one transaction
-/// at a time on one connection, so a later call's values are greater than every value an
-/// earlier call committed: readers of `seq > cursor` never skip one. Returns how many.
-pub async fn sequence(
-    client: &mut tokio_postgres::Client,
-    limit: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE rowcast.changes c SET seq = s.seq
-               FROM (SELECT id, nextval('rowcast.change_seq') AS seq
-                       FROM (SELECT id FROM rowcast.changes WHERE seq IS NULL ORDER BY id LIMIT $1) o) s
-              WHERE c.id = s.id AND c.seq IS NULL",
-            &[&limit],
-        )
-        .await?;
-    if n > 0 {
-        tx.batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}"))
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(n)
+/// A batch the sequencer recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticked {
+    /// The positions of its changes: `first ..= last`.
+    pub first: Position,
+    pub last: Position,
+}
+
+/// One sequencer tick (`rowcast.tick()`, migration 007): every change committed since the
+/// previous batch becomes the next batch, numbered after every earlier one and announced on
+/// the sequenced channel, without writing to the changes themselves. Only the lock holder
+/// calls this, one at a time, so readers of `seq > cursor` never skip a change. `None`:
+/// nothing new.
+pub async fn tick<C: GenericClient>(client: &C) -> Result<Option<Ticked>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt("SELECT first_seq, last_seq FROM rowcast.tick()", &[])
+        .await?
+        .map(|r| Ticked {
+            first: Position(r.get(0)),
+            last: Position(r.get(1)),
+        }))
 }
 
 /// `(horizon, xmax)` of a fresh snapshot: every transaction below `horizon` has finished;

@@ -7,7 +7,7 @@ use crate::hub::{History, HistoryFuture, HistoryPage, ResumeError};
 
 use super::{Enricher, LogRange};
 
-/// Reads missed events from `rowcast.changes` (with the rows' current state), only of the
+/// Reads missed events from `rowcast.changes` (each with its row as of its commit), only of the
 /// tables whose events can reach the rooms asked for.
 pub struct LogHistory {
     pub enricher: Enricher,
@@ -44,6 +44,7 @@ impl History for LogHistory {
                 after,
                 until: Some(until),
                 tables: Some(&tables),
+                mark: None,
             };
             let read = super::read(&**client, range, limit)
                 .await
@@ -52,7 +53,7 @@ impl History for LogHistory {
             // must not hold the whole pool while each waits for a second connection.
             drop(client);
             let page = self.enricher.events(read).await.map_err(unavailable)?;
-            let next = (page.rows as i64 == limit).then_some(page.last).flatten();
+            let next = page.more.then_some(page.last).flatten();
             Ok(HistoryPage {
                 events: page.events,
                 next,

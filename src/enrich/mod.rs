@@ -2,13 +2,14 @@
 //! [`Enricher::events_after`] serves every reader of the log: capture (live), the webhook
 //! outbox, and resumes older than the replay buffer ([`LogHistory`]).
 //!
-//! Guarantees: one query per table per batch (plus one per related table for
-//! notifications); duplicate keys inside a batch are coalesced into one event at the
-//! position of the last change; hidden columns are removed in the SQL that loads the row,
-//! so they never reach rowcast's memory; deletes carry the old row kept by the trigger.
-//! Rows are loaded as they are *now*, so every client converges to the latest committed
-//! state even if it sees an older event late. An insert or update whose row no longer
-//! exists is dropped: its delete follows.
+//! Guarantees: events carry the row the log holds for the change, as of its commit (hidden
+//! columns were never written), so reading never reloads a row; events come out in commit
+//! order per row, so every client converges to the latest committed state. Duplicate keys
+//! inside a batch are coalesced into one event at the position of the last change; deletes
+//! carry the old row. Only rules' parent rows and notifications' related rows are loaded,
+//! one query per table per batch. A withheld change (its table's columns had changed since
+//! `rowcast migrate`) is not delivered. Changes written by versions before the log carried
+//! rows are loaded as they are now (an insert or update whose row is gone is dropped).
 
 mod audience;
 mod history;
@@ -19,9 +20,8 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
-use tokio_postgres::types::ToSql;
 
-use crate::catalog::{Catalog, Step, TableKind, TableSpec, quote_ident, scalar_text};
+use crate::catalog::{Catalog, Step, TableKind, TableSpec, scalar_text};
 use crate::changelog;
 use crate::event::{Change, Event, Op, Position};
 use crate::retry::Retryable;
@@ -53,6 +53,8 @@ pub struct LogRange<'a> {
     pub after: Position,
     pub until: Option<Position>,
     pub tables: Option<&'a [String]>,
+    /// The previous read's mark, when it ended at `after`.
+    pub mark: Option<changelog::Mark>,
 }
 
 impl LogRange<'_> {
@@ -62,7 +64,13 @@ impl LogRange<'_> {
             after,
             until: None,
             tables: None,
+            mark: None,
         }
+    }
+
+    /// Continues where a read that returned `mark` ended (if it did end at `after`).
+    pub fn with_mark(self, mark: Option<changelog::Mark>) -> Self {
+        LogRange { mark, ..self }
     }
 }
 
@@ -74,8 +82,12 @@ pub struct EventsPage {
     /// The position of the last log row read: where the next read continues. `None` when
     /// nothing was there.
     pub last: Option<Position>,
-    /// Log rows read (at most the limit; fewer means the range is exhausted for now).
+    /// Log rows read, malformed ones included (at most the limit).
     pub rows: usize,
+    /// Whether the range may hold more after `last`.
+    pub more: bool,
+    /// Pass to the next read that starts at `last` ([`LogRange::with_mark`]).
+    pub mark: Option<changelog::Mark>,
     /// Commit time of the first change read, for the capture lag.
     pub first_at: Option<time::OffsetDateTime>,
 }
@@ -100,6 +112,10 @@ struct Merged<'a> {
     /// The first old values of the run (for an update: the rule columns it changed; for a
     /// delete: the old row): the row as its audience saw it before the run.
     first_old: Option<&'a Value>,
+    /// The last change's row (inserts and updates).
+    data: Option<&'a Value>,
+    /// Why the last change carries no row.
+    withheld: Option<&'a str>,
 }
 
 impl Merged<'_> {
@@ -152,6 +168,8 @@ impl Enricher {
             events,
             last: read.last,
             rows: read.rows,
+            more: read.more,
+            mark: read.mark,
             first_at: read.changes.first().map(|c| c.at),
         })
     }
@@ -170,7 +188,7 @@ impl Enricher {
         seq: Position,
     ) -> Result<Option<(Event, Explanation)>, EnrichError> {
         let after = Position(seq.0.saturating_sub(1));
-        let read = changelog::read_range(client, after, seq, None, 1).await?;
+        let read = changelog::read(client, after, Some(seq), None, 1).await?;
         let (events, mut explanations) = self.enrich_explained(&read.changes, true).await?;
         Ok(events.into_iter().next().zip(explanations.pop()))
     }
@@ -194,6 +212,8 @@ impl Enricher {
                     m.last = c.op;
                     m.seq = c.pos;
                     m.at = c.at;
+                    m.data = c.data.as_ref();
+                    m.withheld = c.withheld.as_deref();
                     if c.old.is_some() {
                         m.old = c.old.as_ref();
                         if m.first_old.is_none() && m.first != Op::Insert {
@@ -212,28 +232,55 @@ impl Enricher {
                         pk: &c.pk,
                         old: c.old.as_ref(),
                         first_old: c.old.as_ref(),
+                        data: c.data.as_ref(),
+                        withheld: c.withheld.as_deref(),
                     });
                 }
             }
         }
         merged.sort_by_key(|m| m.seq);
 
-        let client = self.pool.get().await?;
-        // One load per table for every row that still exists.
-        let mut wanted: HashMap<&str, (&Arc<TableSpec>, Vec<&Value>)> = HashMap::new();
-        for m in merged.iter().filter(|m| m.op() != Op::Delete) {
-            wanted
+        // A change whose table's columns no longer matched what `rowcast migrate` installed
+        // carries no row: it is not delivered.
+        merged.retain(|m| match m.withheld {
+            None => true,
+            Some(reason) => {
+                metrics::counter!("rowcast_withheld_changes_total", "table" => m.spec.name.clone())
+                    .increment(1);
+                tracing::debug!(table = %m.spec.name, seq = %m.seq, reason, "a withheld change is not delivered");
+                false
+            }
+        });
+
+        let mut conn = Conn::new(&self.pool);
+        // The rows come from the log, as of each change's commit. Changes written by versions
+        // before the log carried rows are loaded, one query per table (a withheld table is
+        // never loaded: its live columns are not what was installed).
+        let mut legacy: HashMap<&str, (&Arc<TableSpec>, Vec<&Value>)> = HashMap::new();
+        for m in merged
+            .iter()
+            .filter(|m| m.op() != Op::Delete && m.data.is_none())
+            .filter(|m| self.catalog.withheld.reason(&m.spec.name).is_none())
+        {
+            legacy
                 .entry(m.spec.name.as_str())
                 .or_insert_with(|| (m.spec, Vec::new()))
                 .1
                 .push(m.pk);
         }
         let mut rows: HashMap<(&str, String), Value> = HashMap::new();
-        for (table, (spec, pks)) in &wanted {
-            for row in load_rows(&client, spec, pks).await? {
+        for (table, (spec, pks)) in &legacy {
+            metrics::counter!("rowcast_changelog_reloaded_total").increment(pks.len() as u64);
+            for row in load_rows(conn.get().await?, spec, pks).await? {
                 rows.insert((*table, key_of(spec, &row)), row);
             }
         }
+        let row_of = |m: &Merged<'_>, rows: &HashMap<(&str, String), Value>| -> Option<Value> {
+            match m.data {
+                Some(d) => Some(d.clone()),
+                None => rows.get(&(m.spec.name.as_str(), m.pk.to_string())).cloned(),
+            }
+        };
 
         // Notifications: the related entity of every notification row, one load per table.
         // A notification never carries another notification.
@@ -253,10 +300,10 @@ impl Enricher {
                 continue;
             }
             let row = match m.op() {
-                Op::Delete => m.old,
-                _ => rows.get(&(m.spec.name.as_str(), m.pk.to_string())),
+                Op::Delete => m.old.cloned(),
+                _ => row_of(m, &rows),
             };
-            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, r)) {
+            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, &r)) {
                 related_wanted
                     .entry(
                         self.catalog
@@ -271,7 +318,7 @@ impl Enricher {
         let mut related: HashMap<(String, String), Value> = HashMap::new();
         for (spec, pks) in related_wanted.values() {
             let refs: Vec<&Value> = pks.iter().collect();
-            for row in load_rows(&client, spec, &refs).await? {
+            for row in load_rows(conn.get().await?, spec, &refs).await? {
                 related.insert((spec.name.clone(), normalize_key(spec, &row)), row);
             }
         }
@@ -298,7 +345,7 @@ impl Enricher {
                     }
                     None => continue,
                 },
-                _ => match rows.remove(&(m.spec.name.as_str(), m.pk.to_string())) {
+                _ => match row_of(m, &rows) {
                     Some(r) => {
                         let before = match (op, m.first_old) {
                             (Op::Update, Some(first)) => Some(audience::with_old_values(&r, first)),
@@ -306,7 +353,7 @@ impl Enricher {
                         };
                         (r, before)
                     }
-                    None => continue, // deleted since; its delete event follows
+                    None => continue, // (written before rows were logged) deleted since
                 },
             };
             let related = if m.spec.kind() == TableKind::Notification {
@@ -348,7 +395,7 @@ impl Enricher {
             }
         }
         if !needing.is_empty() {
-            parents.load(&client, needing).await?;
+            parents.load(conn.get().await?, needing).await?;
         }
 
         let mut events = Vec::with_capacity(pending.len());
@@ -427,15 +474,37 @@ pub struct Explanation {
     pub before: Vec<Step>,
 }
 
-/// Up to `limit` change-log rows of `range`, in log order.
+/// Up to `limit` change-log rows of `range`, in log order (of `range.tables` only, when
+/// set; `rows`, `last` and `more` still count every row read).
 pub async fn read<C: GenericClient>(
     client: &C,
     range: LogRange<'_>,
     limit: i64,
 ) -> Result<changelog::Read, tokio_postgres::Error> {
-    match range.until {
-        None => changelog::read_after(client, range.after, limit).await,
-        Some(until) => changelog::read_range(client, range.after, until, range.tables, limit).await,
+    let mut read = changelog::read(client, range.after, range.until, range.mark, limit).await?;
+    if let Some(tables) = range.tables {
+        read.changes.retain(|c| tables.contains(&c.table));
+    }
+    Ok(read)
+}
+
+/// A pooled connection taken when first needed: a batch whose rows all come from the log
+/// and that needs no parent or related rows takes none.
+struct Conn<'p> {
+    pool: &'p Pool,
+    client: Option<deadpool_postgres::Client>,
+}
+
+impl<'p> Conn<'p> {
+    fn new(pool: &'p Pool) -> Self {
+        Conn { pool, client: None }
+    }
+
+    async fn get(&mut self) -> Result<&deadpool_postgres::Client, EnrichError> {
+        if self.client.is_none() {
+            self.client = Some(self.pool.get().await?);
+        }
+        Ok(self.client.as_ref().expect("just set"))
     }
 }
 
@@ -464,53 +533,14 @@ async fn load_rows(
     spec: &TableSpec,
     pks: &[&Value],
 ) -> Result<Vec<Value>, tokio_postgres::Error> {
-    let sql = load_sql(spec);
-    let stmt = client.prepare_cached(&sql).await?;
     let hidden: Vec<String> = spec.config.hidden.clone();
-    let mut columns: Vec<Vec<String>> = vec![Vec::with_capacity(pks.len()); spec.key.len()];
-    for pk in pks {
-        let Some(vals) = pk.as_array() else { continue };
-        for (i, col) in columns.iter_mut().enumerate() {
-            col.push(vals.get(i).and_then(scalar_text).unwrap_or_default());
-        }
-    }
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&hidden];
-    for c in &columns {
-        params.push(c);
-    }
-    let rows = client.query(&stmt, &params).await?;
-    Ok(rows.iter().map(|r| r.get::<_, Value>(0)).collect())
-}
-
-/// `SELECT to_jsonb(t) - hidden FROM table t WHERE key IN (…)`, cached per table.
-fn load_sql(spec: &TableSpec) -> String {
-    let row = "pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $1::text[]";
-    if let [k] = spec.key.as_slice() {
-        return format!(
-            "SELECT {row} FROM {} t WHERE t.{} = ANY($2::text[]::{}[])",
-            spec.quoted,
-            quote_ident(&k.name),
-            k.sql_type
-        );
-    }
-    let casts: Vec<String> = spec
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("${}::text[]::{}[]", i + 2, k.sql_type))
-        .collect();
-    let names: Vec<String> = (0..spec.key.len()).map(|i| format!("k{i}")).collect();
-    let on: Vec<String> = spec
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("t.{} = k.k{i}", quote_ident(&k.name)))
-        .collect();
-    format!(
-        "SELECT {row} FROM {} t JOIN unnest({}) AS k({}) ON {}",
-        spec.quoted,
-        casts.join(", "),
-        names.join(", "),
-        on.join(" AND ")
+    let rows = crate::catalog::rows_by_keys(
+        &***client,
+        spec,
+        "pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $1::text[]",
+        Some(&hidden),
+        pks,
     )
+    .await?;
+    Ok(rows.iter().map(|r| r.get::<_, Value>(0)).collect())
 }

@@ -2,11 +2,10 @@
 
 use tokio_postgres::Client;
 
-use super::MIGRATIONS;
 use super::logical::logical_prerequisites;
 use super::triggers::{TRIGGER, trigger_sql};
 use crate::capture::{CaptureConfig, CaptureMode};
-use crate::catalog::{Catalog, TableConfig, resolve};
+use crate::catalog::{Catalog, Purpose, TableConfig, drift, resolve};
 use crate::changelog;
 
 /// `rowcast check`: every problem between the configuration and the live database.
@@ -20,21 +19,14 @@ pub async fn check(
         .query_one("SELECT to_regclass('rowcast.migrations') IS NOT NULL", &[])
         .await?
         .get(0);
+    let pending = super::pending(client).await?;
     if !schema_ok {
         problems.push("rowcast's schema is not installed: run `rowcast migrate`".to_string());
     } else {
-        let applied: Vec<i32> = client
-            .query("SELECT version FROM rowcast.migrations", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        for (v, name, _) in MIGRATIONS {
-            if !applied.contains(v) {
-                problems.push(format!(
-                    "migration {v:03} {name} is not applied: run `rowcast migrate`"
-                ));
-            }
+        for m in &pending {
+            problems.push(format!(
+                "migration {m} is not applied: run `rowcast migrate`"
+            ));
         }
         for (table, privilege) in [
             ("rowcast.changes", "SELECT"),
@@ -56,10 +48,15 @@ pub async fn check(
             }
         }
     }
-    let (catalog, table_problems) = resolve(client, tables).await?;
+    let (catalog, table_problems) = resolve(client, tables, Purpose::Install).await?;
     problems.extend(table_problems);
     if capture.mode == CaptureMode::Logical {
         problems.extend(check_logical(client, capture, &catalog).await?);
+    }
+    if schema_ok && pending.is_empty() {
+        for (table, reason) in drift(client, &catalog).await? {
+            problems.push(format!("table {table}: rows withheld: {reason}"));
+        }
     }
     for spec in &catalog.tables {
         let row = client

@@ -40,10 +40,11 @@ pub(super) async fn logical_prerequisites<C: GenericClient>(
     Ok(problems)
 }
 
-/// The publication entry for one table: only the key and replica-identity columns are
-/// published (rowcast loads the rows itself), so hidden columns never leave the server.
-/// A table with no replica identity would refuse UPDATE and DELETE once published: that
-/// is a problem to report, not something to create.
+/// The publication entry for one table: every column but the hidden ones (a column list,
+/// so hidden columns never leave the server, and columns added later are not published
+/// until `migrate` runs again). A table with no replica identity would refuse UPDATE and
+/// DELETE once published, and one whose identity is FULL publishes every column: those are
+/// problems to report, not something to create.
 pub(super) async fn published_columns<C: GenericClient>(
     client: &C,
     spec: &TableSpec,
@@ -62,22 +63,35 @@ pub(super) async fn published_columns<C: GenericClient>(
         )
         .await?;
     let ident: String = row.get(0);
-    let mut cols: Vec<String> = row.get(1);
+    let identity: Vec<String> = row.get(1);
+    let hidden = &spec.config.hidden;
     if ident == "f" {
-        return Ok(Ok(spec.quoted.clone()));
+        if hidden.is_empty() {
+            return Ok(Ok(spec.quoted.clone()));
+        }
+        return Ok(Err(format!(
+            "table {}: REPLICA IDENTITY FULL publishes every column, hidden ones too: give it a primary key or REPLICA IDENTITY USING INDEX",
+            spec.name
+        )));
     }
-    if cols.is_empty() {
+    if identity.is_empty() {
         return Ok(Err(format!(
             "table {}: logical capture needs a replica identity (a primary key, or REPLICA IDENTITY USING INDEX): without one, UPDATE and DELETE on a published table fail",
             spec.name
         )));
     }
-    for k in &spec.key {
-        if !cols.contains(&k.name) {
-            cols.push(k.name.clone());
-        }
+    if let Some(c) = identity.iter().find(|c| hidden.contains(c)) {
+        return Ok(Err(format!(
+            "table {}: hidden column {c:?} is part of the replica identity, which every change publishes",
+            spec.name
+        )));
     }
-    let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+    let cols: Vec<String> = spec
+        .columns
+        .iter()
+        .filter(|c| !hidden.contains(c))
+        .map(|c| quote_ident(c))
+        .collect();
     Ok(Ok(format!("{} ({})", spec.quoted, cols.join(", "))))
 }
 

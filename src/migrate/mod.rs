@@ -13,7 +13,9 @@ mod triggers;
 use tokio_postgres::Client;
 
 use crate::capture::{CaptureConfig, CaptureMode};
-use crate::catalog::{TableConfig, TableName, quote_ident, resolve};
+use crate::catalog::{
+    Purpose, TableConfig, TableName, forget_installed, quote_ident, record_installed, resolve,
+};
 use crate::changelog::MIGRATE_LOCK;
 
 pub use check::check;
@@ -38,7 +40,34 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "socketio_sessions",
         include_str!("../../sql/005_socketio_sessions.sql"),
     ),
+    (7, "log_data", include_str!("../../sql/007_log_data.sql")),
 ];
+
+/// The embedded migrations not applied to the database yet, as `NNN name` (all of them
+/// when rowcast's schema is not installed at all).
+pub async fn pending<C: tokio_postgres::GenericClient>(
+    client: &C,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let installed: bool = client
+        .query_one("SELECT to_regclass('rowcast.migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let applied: Vec<i32> = if installed {
+        client
+            .query("SELECT version FROM rowcast.migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|(v, _, _)| !applied.contains(v))
+        .map(|(v, name, _)| format!("{v:03} {name}"))
+        .collect())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -84,7 +113,7 @@ pub async fn migrate(
         .await?;
         report.push(format!("applied migration {version:03} {name}"));
     }
-    let (catalog, mut problems) = resolve(&tx, tables).await?;
+    let (catalog, mut problems) = resolve(&tx, tables, Purpose::Install).await?;
     let mode = capture.mode;
     let mut publication = Vec::new();
     if mode == CaptureMode::Logical {
@@ -101,6 +130,7 @@ pub async fn migrate(
     }
     for spec in &catalog.tables {
         tx.batch_execute(&trigger_sql(spec, mode)).await?;
+        record_installed(&tx, spec).await?;
         report.push(match mode {
             CaptureMode::Triggers => format!("capture trigger installed on {}", spec.name),
             CaptureMode::Logical => format!(
@@ -134,6 +164,7 @@ pub async fn migrate(
             quote_ident(&triggers::function_name(&name)),
         ))
         .await?;
+        forget_installed(&tx, &name).await?;
         report.push(format!(
             "capture trigger removed from {name} (no longer configured)"
         ));

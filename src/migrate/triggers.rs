@@ -13,11 +13,25 @@ pub(super) fn function_name(table: &str) -> String {
     format!("capture_{}", table.replace('.', "__"))
 }
 
-/// The trigger function for one table, generated with its key and hidden columns written
-/// in: no dynamic SQL, no whole-row JSON except for deletes, and `pg_notify` only while a
-/// consumer is parked (see `capture`). Every name is schema-qualified because the function
-/// is `SECURITY DEFINER` (the application's role needs no rights on the rowcast schema).
+/// `ARRAY['a', 'b']::text[]`: a text array literal safe for any column name.
+fn text_array(items: &[&str]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| format!("'{}'", i.replace('\'', "''")))
+        .collect();
+    format!("ARRAY[{}]::text[]", quoted.join(", "))
+}
+
+/// The trigger function for one table, generated with its key, hidden and installed
+/// columns written in: no dynamic SQL, and `pg_notify` only while the sequencer is parked
+/// (see `capture`). Every name is schema-qualified because the function is `SECURITY
+/// DEFINER` (the application's role needs no rights on the rowcast schema).
 ///
+/// Hidden columns fail closed: each row is checked against the columns `migrate` installed
+/// (every hidden column present, no column it did not see); a row that does not match is
+/// recorded without its data (`withheld`), so a renamed secret is never written.
+///
+/// Trigger mode writes each change once, with its row (`data`, hidden columns removed).
 /// In logical mode the WAL carries inserts and updates; the trigger fires only on deletes
 /// and on updates of key or audience columns, to put the old row (hidden columns removed),
 /// or the old values of the audience columns, into the stream as a transactional logical
@@ -32,19 +46,27 @@ pub fn trigger_sql(spec: &TableSpec, mode: CaptureMode) -> String {
             .collect();
         cols.join(", ")
     };
-    let hidden: Vec<String> = spec
-        .config
-        .hidden
-        .iter()
-        .map(|h| h.replace('\'', "''"))
-        .collect();
-    let old_row = if hidden.is_empty() {
-        "pg_catalog.to_jsonb(OLD)".to_string()
+    let hidden: Vec<&str> = spec.config.hidden.iter().map(String::as_str).collect();
+    let installed: Vec<&str> = spec.columns.iter().map(String::as_str).collect();
+    // `r` holds the whole row as JSON: its shape is checked, then hidden columns removed.
+    let shape_ok = {
+        let unknown = format!(
+            "(r OPERATOR(pg_catalog.-) {}) OPERATOR(pg_catalog.=) '{{}}'::jsonb",
+            text_array(&installed)
+        );
+        if hidden.is_empty() {
+            unknown
+        } else {
+            format!(
+                "r OPERATOR(pg_catalog.?&) {} AND {unknown}",
+                text_array(&hidden)
+            )
+        }
+    };
+    let strip = if hidden.is_empty() {
+        String::new()
     } else {
-        format!(
-            "pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) '{{{}}}'::text[]",
-            hidden.join(",")
-        )
+        format!(" OPERATOR(pg_catalog.-) {}", text_array(&hidden))
     };
     let name = spec.name.replace('\'', "''");
     // The audience rule's columns: an update that changes them records their old values,
@@ -94,14 +116,23 @@ pub fn trigger_sql(spec: &TableSpec, mode: CaptureMode) -> String {
             r#"
 CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $rowcast$
+DECLARE
+  r jsonb;
 BEGIN
   IF TG_OP = 'UPDATE' THEN
     IF ROW({old_key}) IS NOT DISTINCT FROM ROW({new_key}) THEN{on_update}
       RETURN NULL;
     END IF;
   END IF;
-  PERFORM pg_catalog.pg_logical_emit_message(true, '{prefix}',
-    pg_catalog.jsonb_build_object('t', '{name}', 'old', {old_row})::text);
+  r := pg_catalog.to_jsonb(OLD);
+  IF {shape_ok} THEN
+    PERFORM pg_catalog.pg_logical_emit_message(true, '{prefix}',
+      pg_catalog.jsonb_build_object('t', '{name}', 'old', r{strip})::text);
+  ELSE
+    PERFORM pg_catalog.pg_logical_emit_message(true, '{prefix}',
+      pg_catalog.jsonb_build_object('t', '{name}', 'w', 'shape',
+                                    'k', pg_catalog.jsonb_build_array({old_key}))::text);
+  END IF;
   RETURN NULL;
 END
 $rowcast$;
@@ -120,23 +151,38 @@ CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE OR UPDATE OF {watched} ON {tabl
         r#"
 CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $rowcast$
+DECLARE
+  r jsonb;
+  w text;
 BEGIN
+  IF TG_OP = 'DELETE' THEN
+    r := pg_catalog.to_jsonb(OLD);
+  ELSE
+    r := pg_catalog.to_jsonb(NEW);
+  END IF;
+  IF {shape_ok} THEN
+    r := r{strip};
+  ELSE
+    r := NULL;
+    w := 'shape';
+  END IF;
   IF TG_OP = 'UPDATE' THEN
     IF ROW({old_key}) IS DISTINCT FROM ROW({new_key}) THEN
-      INSERT INTO rowcast.changes (op, tbl, pk, old)
-      VALUES ('{del}', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
-      INSERT INTO rowcast.changes (op, tbl, pk)
-      VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}));
+      INSERT INTO rowcast.changes (op, tbl, pk, old, withheld)
+      VALUES ('{del}', '{name}', pg_catalog.jsonb_build_array({old_key}),
+              CASE WHEN w IS NULL THEN pg_catalog.to_jsonb(OLD){strip} END, w);
+      INSERT INTO rowcast.changes (op, tbl, pk, data, withheld)
+      VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}), r, w);
     ELSE
-      INSERT INTO rowcast.changes (op, tbl, pk{old_col})
-      VALUES ('{upd}', '{name}', pg_catalog.jsonb_build_array({new_key}){old_val});
+      INSERT INTO rowcast.changes (op, tbl, pk, data, withheld{old_col})
+      VALUES ('{upd}', '{name}', pg_catalog.jsonb_build_array({new_key}), r, w{old_val});
     END IF;
   ELSIF TG_OP = 'INSERT' THEN
-    INSERT INTO rowcast.changes (op, tbl, pk)
-    VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}));
+    INSERT INTO rowcast.changes (op, tbl, pk, data, withheld)
+    VALUES ('{ins}', '{name}', pg_catalog.jsonb_build_array({new_key}), r, w);
   ELSE
-    INSERT INTO rowcast.changes (op, tbl, pk, old)
-    VALUES ('{del}', '{name}', pg_catalog.jsonb_build_array({old_key}), {old_row});
+    INSERT INTO rowcast.changes (op, tbl, pk, old, withheld)
+    VALUES ('{del}', '{name}', pg_catalog.jsonb_build_array({old_key}), r, w);
   END IF;
   IF pg_catalog.pg_sequence_last_value('rowcast.parked_until'::pg_catalog.regclass)
        OPERATOR(pg_catalog.>) pg_catalog.date_part('epoch', pg_catalog.now()) THEN
@@ -155,7 +201,7 @@ CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
         old_col = if has_rules { ", old" } else { "" },
         old_val = if has_rules {
             format!(
-                ",\n        CASE WHEN ROW({}) IS DISTINCT FROM ROW({}) THEN {rule_old} END",
+                ",\n        CASE WHEN w IS NULL AND ROW({}) IS DISTINCT FROM ROW({}) THEN {rule_old} END",
                 rule_cols("OLD"),
                 rule_cols("NEW")
             )

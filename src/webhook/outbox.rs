@@ -27,12 +27,23 @@ pub enum Step {
     Busy,
     /// Nothing new after the cursor.
     Idle,
-    /// Read `changes` changes and inserted `deliveries` deliveries.
-    Wrote { changes: usize, deliveries: u64 },
+    /// Read `changes` changes and inserted `deliveries` deliveries; `more`: the log may
+    /// hold more after them.
+    Wrote {
+        changes: usize,
+        deliveries: u64,
+        more: bool,
+    },
 }
 
-/// Runs one enqueue transaction (see the module docs).
-pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, WebhookError> {
+/// Runs one enqueue transaction (see the module docs). `mark` is where the previous step's
+/// read ended inside a batch; it is updated once this step commits.
+pub async fn step(
+    pool: &Pool,
+    enricher: &Enricher,
+    batch: i64,
+    mark: &mut Option<changelog::Mark>,
+) -> Result<Step, WebhookError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(after) = changelog::lock_outbox(&*tx).await? else {
@@ -48,13 +59,15 @@ pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, 
     if routes.is_empty() {
         changelog::advance_outbox(&*tx, newest).await?;
         tx.commit().await?;
+        *mark = None;
         return Ok(Step::Wrote {
             changes: 0,
             deliveries: 0,
+            more: false,
         });
     }
     let page = enricher
-        .events_after(&*tx, LogRange::after(after), batch)
+        .events_after(&*tx, LogRange::after(after).with_mark(*mark), batch)
         .await?;
     let Some(last) = page.last else {
         return Ok(Step::Idle);
@@ -89,10 +102,12 @@ pub async fn step(pool: &Pool, enricher: &Enricher, batch: i64) -> Result<Step, 
     }
     changelog::advance_outbox(&*tx, last).await?;
     tx.commit().await?;
+    *mark = page.mark;
     metrics::counter!("rowcast_webhook_enqueued_total").increment(inserted);
     Ok(Step::Wrote {
         changes: page.rows,
         deliveries: inserted,
+        more: page.more,
     })
 }
 
@@ -112,6 +127,7 @@ pub async fn run(
         Duration::from_secs(5),
         Duration::from_secs(30),
     );
+    let mut mark = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -120,16 +136,15 @@ pub async fn run(
         }
         // Drain: keep stepping while full batches come back.
         loop {
-            match step(&pool, &enricher, batch).await {
+            match step(&pool, &enricher, batch, &mut mark).await {
                 Ok(Step::Wrote {
-                    changes,
-                    deliveries,
+                    deliveries, more, ..
                 }) => {
                     backoff.reset();
                     if deliveries > 0 {
                         enqueued.notify_one();
                     }
-                    if (changes as i64) < batch || stop.is_cancelled() {
+                    if !more || stop.is_cancelled() {
                         break;
                     }
                 }

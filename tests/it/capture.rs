@@ -90,13 +90,15 @@ async fn rowcast_restart_with_resume_loses_nothing() {
     server.stop().await;
 }
 
-/// Triggers NOTIFY only while capture is parked: a busy application pays no NOTIFY at
-/// commit, and an idle rowcast still wakes at once (well before its safety poll).
+/// Triggers NOTIFY only while capture is parked, that is while fewer than
+/// `capture.park_below` changes come per second: a quiet rowcast wakes at once (well before
+/// its safety poll), and a busy application soon pays no NOTIFY at commit.
 #[tokio::test]
 async fn notify_only_while_parked() {
     let (db, server) = support::start_with(|c| {
         c.capture.idle_after = Duration::from_millis(300);
         c.capture.idle_poll = Duration::from_secs(10);
+        c.capture.park_below = 100.0;
     })
     .await;
     let (mut c, _) =
@@ -137,7 +139,8 @@ async fn notify_only_while_parked() {
         "woken by NOTIFY, not the 10 s safety poll ({woke:?})"
     );
     support::eventually(5, || async { (*notes.lock().unwrap() >= 1).then_some(()) }).await;
-    // A burst while capture is active: (almost) no NOTIFY at all.
+    // A burst far above 100 changes/s: the sequencer unparks after ~30 changes (100/s over
+    // the 300 ms window), and the rest are committed without a NOTIFY.
     let before = *notes.lock().unwrap();
     for i in 0..200 {
         pg.execute(
@@ -149,8 +152,8 @@ async fn notify_only_while_parked() {
     }
     let during = *notes.lock().unwrap() - before;
     assert!(
-        during <= 2,
-        "{during} NOTIFYs for 200 transactions while capture was active"
+        during <= 60,
+        "{during} NOTIFYs for 200 transactions at well above park_below"
     );
     loop {
         let ev = c.next_event().await;
@@ -200,7 +203,8 @@ async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Sett
     let last: i64 = support::eventually(10, || async {
         let r = pg
             .query_one(
-                "SELECT count(*) FILTER (WHERE seq IS NULL), max(seq), count(*) FROM rowcast.changes",
+                "SELECT (SELECT count(*) FROM rowcast.changes) - count(*), max(seq), count(*)
+                   FROM rowcast.log",
                 &[],
             )
             .await
@@ -209,10 +213,7 @@ async fn replicas_agree_and_fail_over_with(tweak: impl FnOnce(&mut rowcast::Sett
     })
     .await;
     let log: std::collections::HashMap<i64, serde_json::Value> = pg
-        .query(
-            "SELECT seq, pk->0 FROM rowcast.changes WHERE seq IS NOT NULL",
-            &[],
-        )
+        .query("SELECT seq, pk->0 FROM rowcast.log", &[])
         .await
         .unwrap()
         .iter()
@@ -290,10 +291,10 @@ async fn a_malformed_log_row_is_counted_once_and_passed() {
     .await
     .unwrap();
     let bad: i64 = support::eventually(10, || async {
-        pg.query_one("SELECT seq FROM rowcast.changes WHERE op = 'x'", &[])
+        pg.query_opt("SELECT seq FROM rowcast.log WHERE op = 'x'", &[])
             .await
             .unwrap()
-            .get::<_, Option<i64>>(0)
+            .map(|r| r.get::<_, i64>(0))
     })
     .await;
     // Nothing follows it, yet capture's position moves past it.

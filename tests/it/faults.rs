@@ -176,8 +176,8 @@ async fn explain_missing(db: &Db, server: &Server, missing: &[i64]) -> String {
     let pg = db.client().await;
     let rows: Vec<String> = pg
         .query(
-            "SELECT id, seq FROM rowcast.changes
-              WHERE tbl = 'public.tickets' AND (pk->>0)::bigint = ANY($1) ORDER BY id",
+            "SELECT c.id, l.seq FROM rowcast.changes c LEFT JOIN rowcast.log l USING (id)
+              WHERE c.tbl = 'public.tickets' AND (c.pk->>0)::bigint = ANY($1) ORDER BY c.id",
             &[&missing],
         )
         .await
@@ -192,7 +192,7 @@ async fn explain_missing(db: &Db, server: &Server, missing: &[i64]) -> String {
         })
         .collect();
     let max: Option<i64> = pg
-        .query_one("SELECT max(seq) FROM rowcast.changes", &[])
+        .query_one("SELECT max(seq) FROM rowcast.log", &[])
         .await
         .unwrap()
         .get(0);

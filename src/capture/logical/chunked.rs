@@ -55,8 +55,9 @@ impl SlotConsumer {
             decoder.discard();
             return Ok(());
         }
-        let (changes, fixes) = decoder.take_chunk();
+        let (mut changes, fixes) = decoder.take_chunk();
         large.written += changes.len();
+        super::complete::complete(client, &self.catalog, &mut changes).await?;
         let seqs = changelog::append(client, changes.into_iter().map(|c| c.at(time))).await?;
         decoder.written(&seqs);
         changelog::fix_old_rows(client, fixes).await?;
@@ -78,8 +79,9 @@ impl SlotConsumer {
             client.batch_execute("ROLLBACK").await?;
             return Ok(());
         }
-        let (changes, fixes) = decoder.commit();
+        let (mut changes, fixes) = decoder.commit();
         large.written += changes.len();
+        super::complete::complete(client, &self.catalog, &mut changes).await?;
         changelog::append(client, changes.into_iter().map(|c| c.at(time))).await?;
         changelog::fix_old_rows(client, fixes).await?;
         changelog::store_position(client, &self.config.slot, end_lsn).await?;

@@ -1,9 +1,12 @@
 //! Logical capture (`capture.mode = "logical"`): the sequencer replica streams the
-//! replication slot (`pgoutput`, the publication lists only key columns) and appends each
-//! committed transaction's changes to `rowcast.changes`, `seq` included, in batches. The
-//! application's transactions write nothing extra; deletes (and key changes) carry their old
-//! row through a transactional `pg_logical_emit_message` from a small trigger that fires
-//! only on those.
+//! replication slot (`pgoutput`; the publication lists every column but the hidden ones)
+//! and appends each committed transaction's changes to `rowcast.changes` with their `seq`
+//! and their rows, rendered from the decoded tuples exactly as `to_jsonb` would
+//! ([`render`]), in batches: no row is read back from the application's tables (only an
+//! unchanged TOASTed value the stream does not carry, see [`complete`]). The application's
+//! transactions write nothing extra; deletes (and key changes) carry their old row through a
+//! transactional `pg_logical_emit_message` from a small trigger that fires only on those.
+//! Events are the rows as of their commit, in commit order.
 //!
 //! Exactly once: the batch insert and the slot position (`rowcast.slot_positions`, read
 //! `FOR UPDATE`) commit together, and transactions at or before the stored position are
@@ -15,7 +18,9 @@
 //! the slot position once the commit arrives (a crash rolls all of it back). Deletes written
 //! before their old row came get it by `seq` in the same transaction.
 mod chunked;
+mod complete;
 mod decode;
+mod render;
 
 use std::sync::Arc;
 
@@ -75,6 +80,8 @@ impl Decoded {
             table: self.table,
             pk: self.pk,
             old: self.old,
+            data: self.data,
+            withheld: self.withheld,
         }
     }
 }
@@ -112,6 +119,7 @@ impl SlotConsumer {
         tracing::info!(slot = %self.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
         let mut parser = LogicalReplicationParser::with_protocol_version(1);
         let mut decoder = Decoder::new(self.catalog.clone());
+        decoder.set_installed(crate::catalog::installed_visible(&client).await?);
         let mut pending = Pending::default();
         let mut commit_time = OffsetDateTime::now_utc();
         let mut open = false;
@@ -157,7 +165,22 @@ impl SlotConsumer {
                     let msg = parser
                         .parse_wal_message_bytes(data)
                         .map_err(|e| LogicalError::Decode(e.to_string()))?;
+                    let relation = matches!(
+                        msg.message,
+                        pg_walstream::protocol::LogicalReplicationMessage::Relation { .. }
+                    );
+                    if relation {
+                        // A relation is (re)announced: check it against what `migrate`
+                        // installed as of now, and learn how its column types render.
+                        decoder.set_installed(crate::catalog::installed_visible(&client).await?);
+                    }
                     decoder.message(msg.message)?;
+                    if relation {
+                        let needed = decoder.types_needed();
+                        if !needed.is_empty() {
+                            decoder.add_types(&crate::catalog::type_facts(&client, &needed).await?);
+                        }
+                    }
                 }
                 ReplicationEvent::Message {
                     transactional: true,
@@ -222,11 +245,18 @@ impl SlotConsumer {
         };
         let tx = client.transaction().await?;
         let stored = changelog::lock_position(&tx, &self.config.slot).await?;
-        let rows = pending
+        let mut times = Vec::with_capacity(pending.changes);
+        let mut changes = Vec::with_capacity(pending.changes);
+        for (_, time, txn) in pending
             .txns
             .drain(..)
             .filter(|(lsn, _, _)| *lsn as i64 > stored)
-            .flat_map(|(_, time, changes)| changes.into_iter().map(move |c| c.at(time)));
+        {
+            times.extend(std::iter::repeat_n(time, txn.len()));
+            changes.extend(txn);
+        }
+        complete::complete(&tx, &self.catalog, &mut changes).await?;
+        let rows = changes.into_iter().zip(times).map(|(c, time)| c.at(time));
         let n = changelog::append(&tx, rows).await?.len();
         pending.changes = 0;
         if n > 0 {

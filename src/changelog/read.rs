@@ -1,0 +1,262 @@
+//! Reading the log in `seq` order through `rowcast.batches`.
+//!
+//! A batch is either a `seq` range whose changes carry their `seq` (logical mode, and
+//! changes stamped by earlier versions), or a snapshot batch (trigger mode): the changes
+//! whose transaction is visible in its `snap` and not in its `prev`, numbered from
+//! `first_seq` in `id` order. A read finds the batches after its position (one query) and
+//! then reads their changes (one query per batch, pipelined on the connection).
+
+use tokio_postgres::{GenericClient, Row};
+
+use crate::event::{Change, Op, Position};
+
+/// Columns of a change as every read selects them (after the `id`).
+const COLUMNS: &str = "c.id, c.seq, c.at, c.op, c.tbl, c.pk, c.old, c.data, c.withheld";
+
+/// Batches looked at per read.
+const BATCHES_PER_READ: i64 = 64;
+
+/// Where a read stopped inside a snapshot batch: the change at `pos` is the row `id` of
+/// batch `batch`. Passed to the next read, it continues there by key instead of counting
+/// rows from the batch's start (a transaction of a million changes is one batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub pos: Position,
+    batch: i64,
+    id: i64,
+}
+
+/// What one read of the log returned.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// The well-formed changes, in `seq` order.
+    pub changes: Vec<Change>,
+    /// The position the read covered up to, malformed rows and gaps included: where the
+    /// next read starts. `None` when there was nothing after the position.
+    pub last: Option<Position>,
+    /// Rows read, malformed ones included.
+    pub rows: usize,
+    /// Whether the log may hold more after `last` within the range asked for.
+    pub more: bool,
+    /// Pass to the next read that starts at `last`.
+    pub mark: Option<Mark>,
+}
+
+/// A batch as `rowcast.batches` records it.
+struct Batch {
+    batch: i64,
+    first: i64,
+    last: i64,
+    /// Snapshot batches: (snap, prev, min id, max id).
+    snapshot: Option<Snapshot>,
+}
+
+struct Snapshot {
+    snap: String,
+    prev: Option<String>,
+    min_id: i64,
+    max_id: i64,
+}
+
+/// One query of a read: the changes of one batch in `from ..= to`, at most `limit`.
+struct Part<'b> {
+    batch: &'b Batch,
+    from: i64,
+    to: i64,
+    limit: i64,
+    /// Snapshot batches: continue after this row id (from a [`Mark`]) instead of skipping.
+    after_id: Option<i64>,
+}
+
+/// Sequenced changes in `(after, until]`, in `seq` order, at most `limit` rows; `mark` is
+/// the previous read's, if it ended at `after`.
+pub async fn read<C: GenericClient>(
+    client: &C,
+    after: Position,
+    until: Option<Position>,
+    mark: Option<Mark>,
+    limit: i64,
+) -> Result<Read, tokio_postgres::Error> {
+    let until = until.map_or(i64::MAX, |u| u.0);
+    let limit = limit.max(1);
+    let batches: Vec<Batch> = client
+        .query(
+            "SELECT batch, first_seq, last_seq, snap::text, prev::text, min_id, max_id
+               FROM rowcast.batches
+              WHERE last_seq > $1 AND first_seq <= $2
+              ORDER BY last_seq LIMIT $3",
+            &[&after.0, &until, &BATCHES_PER_READ],
+        )
+        .await?
+        .iter()
+        .map(|r| Batch {
+            batch: r.get(0),
+            first: r.get(1),
+            last: r.get(2),
+            snapshot: r.get::<_, Option<String>>(3).map(|snap| Snapshot {
+                snap,
+                prev: r.get(4),
+                min_id: r.get::<_, Option<i64>>(5).unwrap_or(0),
+                max_id: r.get::<_, Option<i64>>(6).unwrap_or(i64::MAX),
+            }),
+        })
+        .collect();
+    let mut parts = Vec::new();
+    let mut budget = limit;
+    for b in &batches {
+        let from = (after.0 + 1).max(b.first);
+        let to = until.min(b.last);
+        if budget == 0 || from > to {
+            break;
+        }
+        let take = budget.min(to - from + 1);
+        let after_id = mark
+            .filter(|m| m.batch == b.batch && m.pos.0 + 1 == from)
+            .map(|m| m.id);
+        parts.push(Part {
+            batch: b,
+            from,
+            to,
+            limit: take,
+            after_id,
+        });
+        budget -= take;
+    }
+    let more = budget == 0 || batches.len() as i64 == BATCHES_PER_READ;
+    let results =
+        futures_util::future::try_join_all(parts.iter().map(|p| read_part(client, p))).await?;
+    let mut read = Read {
+        more,
+        ..Read::default()
+    };
+    for (part, rows) in parts.iter().zip(results) {
+        let full = rows.len() as i64 == part.limit;
+        let snapshot = part.batch.snapshot.is_some();
+        for (i, row) in rows.iter().enumerate() {
+            let pos = if snapshot {
+                Position(part.from + i as i64)
+            } else {
+                Position(row.get::<_, i64>(1))
+            };
+            read.rows += 1;
+            read.last = Some(pos);
+            read.mark = snapshot.then(|| Mark {
+                pos,
+                batch: part.batch.batch,
+                id: row.get(0),
+            });
+            if let Some(change) = change(pos, row) {
+                read.changes.push(change);
+            }
+        }
+        if !full {
+            // The part's range held nothing more (a gap in a seq range, or a batch pruned
+            // meanwhile): the read covers it to its end.
+            read.last = Some(Position(part.to));
+            read.mark = None;
+        }
+        if full && part.from + part.limit - 1 < part.to {
+            break; // the budget ended inside this part
+        }
+    }
+    Ok(read)
+}
+
+/// The rows of one part, in `seq` order.
+async fn read_part<C: GenericClient>(
+    client: &C,
+    part: &Part<'_>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let Some(s) = &part.batch.snapshot else {
+        return client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM rowcast.changes c
+                      WHERE c.seq >= $1 AND c.seq <= $2 ORDER BY c.seq LIMIT $3"
+                ),
+                &[&part.from, &part.to, &part.limit],
+            )
+            .await;
+    };
+    let (after_id, skip) = match part.after_id {
+        Some(id) => (id, 0),
+        None => (s.min_id - 1, part.from - part.batch.first),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM rowcast.changes c
+          WHERE {} AND c.id > $3
+          ORDER BY c.id OFFSET $6 LIMIT $7",
+        membership(
+            "$1",
+            "$2",
+            "$4::text::pg_snapshot",
+            "$5::text::pg_snapshot",
+            s.prev.is_none()
+        )
+    );
+    client
+        .query(
+            &sql,
+            &[
+                &s.min_id,
+                &s.max_id,
+                &after_id,
+                &s.snap,
+                &s.prev,
+                &skip,
+                &part.limit,
+            ],
+        )
+        .await
+}
+
+/// The condition "change `c` belongs to the snapshot batch" whose id range is `min ..=
+/// max`, snapshot `snap` and previous snapshot `prev` (SQL expressions; `prev` may be NULL,
+/// for the first batch, when `prev_nullable`). The id and txid ranges only let the planner
+/// use an index; the visibility tests decide.
+pub(super) fn membership(
+    min: &str,
+    max: &str,
+    snap: &str,
+    prev: &str,
+    prev_nullable: bool,
+) -> String {
+    let base = format!(
+        "c.seq IS NULL AND c.id BETWEEN {min} AND {max}
+            AND c.txid < pg_catalog.pg_snapshot_xmax({snap})
+            AND pg_catalog.pg_visible_in_snapshot(c.txid, {snap})"
+    );
+    let newer = format!(
+        "(c.txid >= pg_catalog.pg_snapshot_xmax({prev})
+              OR c.txid = ANY (ARRAY(SELECT pg_catalog.pg_snapshot_xip({prev}))))
+            AND NOT pg_catalog.pg_visible_in_snapshot(c.txid, {prev})"
+    );
+    if prev_nullable {
+        format!("{base} AND ({prev} IS NULL OR ({newer}))")
+    } else {
+        format!("{base} AND {newer}")
+    }
+}
+
+/// A change-log row as a [`Change`]; `None` (counted and logged) when it is malformed.
+fn change(pos: Position, row: &Row) -> Option<Change> {
+    let code: i8 = row.get(3);
+    let table: String = row.get(4);
+    match Op::from_code(code as u8) {
+        Some(op) => Some(Change {
+            pos,
+            at: row.get(2),
+            op,
+            table,
+            pk: row.get(5),
+            old: row.get(6),
+            data: row.get(7),
+            withheld: row.get(8),
+        }),
+        None => {
+            metrics::counter!("rowcast_changelog_malformed_total").increment(1);
+            tracing::warn!(seq = %pos, table, op = code, "skipping a change-log row with an unknown op code");
+            None
+        }
+    }
+}
