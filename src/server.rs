@@ -110,7 +110,11 @@ pub async fn run(
         Some(history),
         start,
     ));
-    let status = Arc::new(CaptureStatus::new(start, &config.capture));
+    let status = Arc::new(CaptureStatus::new(
+        start,
+        &config.capture,
+        catalog.withheld.clone(),
+    ));
     let after_batch = Arc::new(Notify::new());
     let tracker = TaskTracker::new();
     let workers = CancellationToken::new();

@@ -1,10 +1,12 @@
 //! Where capture stands, for `/readyz`, `/metrics` and the tests.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::CaptureConfig;
+use crate::catalog::Withheld;
 use crate::event::Position;
 
 /// Shared between the capture task (writer) and the health endpoints (readers).
@@ -27,6 +29,8 @@ pub struct CaptureStatus {
     read_bound: Duration,
     /// `/readyz` fails above this lag.
     max_lag: Duration,
+    /// Tables whose rows are withheld (their columns changed since `rowcast migrate`).
+    withheld: Arc<Withheld>,
 }
 
 /// What `/readyz` reports about capture.
@@ -41,6 +45,9 @@ pub struct CaptureHealth {
     pub capture_parked: bool,
     /// Why capture cannot work until the operator acts, if it cannot.
     pub capture_problem: Option<String>,
+    /// Tables whose rows are withheld, with the reason (their columns no longer match what
+    /// `rowcast migrate` installed).
+    pub withheld_tables: BTreeMap<String, String>,
 }
 
 impl CaptureHealth {
@@ -49,11 +56,16 @@ impl CaptureHealth {
             && self.capture_reading
             && self.capture_lag_seconds < self.max_lag_seconds
             && self.capture_problem.is_none()
+            && self.withheld_tables.is_empty()
     }
 }
 
 impl CaptureStatus {
-    pub fn new(position: Position, config: &CaptureConfig) -> CaptureStatus {
+    pub fn new(
+        position: Position,
+        config: &CaptureConfig,
+        withheld: Arc<Withheld>,
+    ) -> CaptureStatus {
         CaptureStatus {
             connected: AtomicBool::new(false),
             parked: AtomicBool::new(false),
@@ -64,6 +76,7 @@ impl CaptureStatus {
             started: Instant::now(),
             read_bound: (config.idle_poll * 5).max(Duration::from_secs(5)),
             max_lag: config.max_lag,
+            withheld,
         }
     }
 
@@ -125,6 +138,7 @@ impl CaptureStatus {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            withheld_tables: self.withheld.all(),
         }
     }
 }

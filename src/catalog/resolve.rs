@@ -141,7 +141,7 @@ impl TableSpec {
 pub struct Catalog {
     pub tables: Vec<Arc<TableSpec>>,
     /// Tables whose rows are withheld right now (see [`super::drift`]).
-    pub withheld: super::Withheld,
+    pub withheld: Arc<super::Withheld>,
     by_name: HashMap<String, usize>,
     by_entity: HashMap<String, usize>,
 }

@@ -22,11 +22,6 @@ impl Withheld {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Why `table` is withheld, if it is.
-    pub fn reason(&self, table: &str) -> Option<String> {
-        self.lock().get(table).cloned()
-    }
-
     /// Every withheld table with its reason.
     pub fn all(&self) -> BTreeMap<String, String> {
         self.lock().clone()

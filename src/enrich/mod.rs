@@ -241,14 +241,21 @@ impl Enricher {
         merged.sort_by_key(|m| m.seq);
 
         // A change whose table's columns no longer matched what `rowcast migrate` installed
-        // carries no row: it is not delivered.
-        merged.retain(|m| match m.withheld {
-            None => true,
-            Some(reason) => {
-                metrics::counter!("rowcast_withheld_changes_total", "table" => m.spec.name.clone())
-                    .increment(1);
-                tracing::debug!(table = %m.spec.name, seq = %m.seq, reason, "a withheld change is not delivered");
-                false
+        // carries no row, and nothing of a table withheld right now is delivered.
+        let withheld = self.catalog.withheld.all();
+        merged.retain(|m| {
+            let reason = m
+                .withheld
+                .map(str::to_string)
+                .or_else(|| withheld.get(&m.spec.name).cloned());
+            match reason {
+                None => true,
+                Some(reason) => {
+                    metrics::counter!("rowcast_withheld_changes_total", "table" => m.spec.name.clone())
+                        .increment(1);
+                    tracing::debug!(table = %m.spec.name, seq = %m.seq, reason, "a withheld change is not delivered");
+                    false
+                }
             }
         });
 
@@ -260,7 +267,6 @@ impl Enricher {
         for m in merged
             .iter()
             .filter(|m| m.op() != Op::Delete && m.data.is_none())
-            .filter(|m| self.catalog.withheld.reason(&m.spec.name).is_none())
         {
             legacy
                 .entry(m.spec.name.as_str())

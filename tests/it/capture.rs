@@ -325,3 +325,36 @@ async fn a_malformed_log_row_is_counted_once_and_passed() {
     let (status, body) = readyz(&rc).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Replicas do not poll on the live path: with a 30 s safety poll, the replica that does not
+/// sequence still delivers each change at once, woken by the sequencer's NOTIFY per batch.
+#[tokio::test]
+async fn replicas_are_woken_by_the_sequencer_not_by_polling() {
+    let (db, a) = support::start_with(|c| c.capture.idle_poll = Duration::from_secs(30)).await;
+    let b = Server::start(a.config.clone()).await;
+    let token = a.token("1", "agent");
+    let (mut ca, _) = WsClient::connect(&a.ws_url(&format!("token={token}"))).await;
+    let (mut cb, _) = WsClient::connect(&b.ws_url(&format!("token={token}"))).await;
+    ca.join("tickets").await;
+    cb.join("tickets").await;
+    let pg = db.client().await;
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let subject = format!("woken {i}");
+        let t0 = Instant::now();
+        pg.execute("UPDATE tickets SET subject = $1 WHERE id = 1", &[&subject])
+            .await
+            .unwrap();
+        for c in [&mut ca, &mut cb] {
+            let ev = c.next_event().await;
+            assert_eq!(ev["payload"]["data"]["subject"], subject.as_str());
+        }
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "both replicas deliver at once, not on a poll ({took:?})"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -119,8 +119,23 @@ impl Server {
         Server::start_on(config, listener).await
     }
 
+    /// Starts rowcast and waits until it answers HTTP, ready or not (`/readyz` may say 503).
+    pub async fn start_unready(config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = Server::spawn_on(config, listener);
+        let url = format!("{}/readyz", s.http());
+        eventually(15, || async { reqwest::get(&url).await.ok().map(|_| ()) }).await;
+        s
+    }
+
     /// Starts rowcast on `listener` (e.g. the address of a stopped server, to restart it).
     pub async fn start_on(config: Config, listener: tokio::net::TcpListener) -> Server {
+        let s = Server::spawn_on(config, listener);
+        s.wait_ready().await;
+        s
+    }
+
+    fn spawn_on(config: Config, listener: tokio::net::TcpListener) -> Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let auth = std::sync::Arc::new(Authenticator::from_config(&config.jwt).unwrap());
@@ -129,15 +144,13 @@ impl Server {
             .validate()
             .expect("a valid test configuration");
         let handle = tokio::spawn(rowcast::run(valid, listener, shutdown.clone()));
-        let s = Server {
+        Server {
             addr,
             config,
             shutdown,
             handle,
             auth,
-        };
-        s.wait_ready().await;
-        s
+        }
     }
 
     pub fn http(&self) -> String {
