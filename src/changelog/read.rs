@@ -79,6 +79,11 @@ pub async fn read<C: GenericClient>(
 ) -> Result<Read, tokio_postgres::Error> {
     let until = until.map_or(i64::MAX, |u| u.0);
     let limit = limit.max(1);
+    if mark.is_none()
+        && let Some(read) = read_whole_batches(client, after, until, limit).await?
+    {
+        return Ok(read);
+    }
     let batches: Vec<Batch> = client
         .query(
             "SELECT batch, first_seq, last_seq, snap::text, prev::text, min_id, max_id
@@ -160,6 +165,81 @@ pub async fn read<C: GenericClient>(
         }
     }
     Ok(read)
+}
+
+/// The common case in one query: the batches after `after` when it is a batch boundary and
+/// they fit in `limit`, with all their changes. `None` when that does not apply (`after` is
+/// inside a batch, or the next batch is larger than `limit`): the caller reads by parts.
+async fn read_whole_batches<C: GenericClient>(
+    client: &C,
+    after: Position,
+    until: i64,
+    limit: i64,
+) -> Result<Option<Read>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH b AS (
+            SELECT x.*,
+                   (sum(x.last_seq - x.first_seq + 1) OVER (ORDER BY x.last_seq))::int8 AS upto,
+                   min(x.first_seq) OVER () AS lowest
+              FROM (SELECT * FROM rowcast.batches WHERE last_seq > $1 AND first_seq <= $3
+                     ORDER BY last_seq LIMIT $4) x),
+         w AS (
+            SELECT b.*, b.lowest > $1 AND b.upto <= $2::int8 AND b.last_seq <= $3 AS whole
+              FROM b)
+         SELECT r.id, r.seq, r.at, r.op, r.tbl, r.pk, r.old, r.data, r.withheld,
+                w.batch, w.first_seq, w.last_seq, w.whole, r.rn
+           FROM w LEFT JOIN LATERAL (
+                SELECT {COLUMNS}, row_number() OVER (ORDER BY c.id) AS rn
+                  FROM rowcast.changes c
+                 WHERE w.whole AND w.snap IS NOT NULL AND {}
+                UNION ALL
+                SELECT {COLUMNS}, NULL
+                  FROM rowcast.changes c
+                 WHERE w.whole AND w.snap IS NULL AND c.seq BETWEEN w.first_seq AND w.last_seq
+           ) r ON true
+          ORDER BY w.last_seq, r.rn, r.seq",
+        membership("w.min_id", "w.max_id", "w.snap", "w.prev", true)
+    );
+    let rows = client
+        .query(&sql, &[&after.0, &limit, &until, &BATCHES_PER_READ])
+        .await?;
+    if rows.is_empty() {
+        return Ok(Some(Read::default()));
+    }
+    let mut read = Read::default();
+    let mut batches = 0;
+    let mut whole_batches = 0;
+    let mut last_batch = None;
+    for row in &rows {
+        let batch: i64 = row.get(9);
+        if last_batch != Some(batch) {
+            last_batch = Some(batch);
+            batches += 1;
+            if row.get::<_, bool>(12) {
+                whole_batches += 1;
+                read.last = Some(Position(row.get(11)));
+            }
+        }
+        if !row.get::<_, bool>(12) {
+            continue;
+        }
+        let Some(_) = row.get::<_, Option<i64>>(0) else {
+            continue; // a batch whose changes were pruned meanwhile
+        };
+        let pos = match row.get::<_, Option<i64>>(13) {
+            Some(rn) => Position(row.get::<_, i64>(10) + rn - 1),
+            None => Position(row.get::<_, i64>(1)),
+        };
+        read.rows += 1;
+        if let Some(change) = change(pos, row) {
+            read.changes.push(change);
+        }
+    }
+    if whole_batches == 0 {
+        return Ok(None);
+    }
+    read.more = whole_batches < batches || batches as i64 == BATCHES_PER_READ;
+    Ok(Some(read))
 }
 
 /// The rows of one part, in `seq` order.
