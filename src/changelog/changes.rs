@@ -2,6 +2,7 @@
 //! appending (logical mode), retention.
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use crate::event::{Op, Position};
 
@@ -145,7 +146,7 @@ pub async fn append<C: GenericClient>(
     }
     // `unnest` yields the rows in order, so `nextval` numbers them in order too.
     let mut seqs: Vec<i64> = client
-        .query(
+        .query_typed(
             "WITH ins AS (
                 INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
                 SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old,
@@ -160,13 +161,13 @@ pub async fn append<C: GenericClient>(
                 SELECT min(seq), max(seq), min(at) FROM ins)
              SELECT seq FROM ins",
             &[
-                &cols.at,
-                &cols.op,
-                &cols.tbl,
-                &cols.pk,
-                &cols.old,
-                &cols.data,
-                &cols.withheld,
+                (&cols.at, Type::TIMESTAMPTZ_ARRAY),
+                (&cols.op, Type::TEXT_ARRAY),
+                (&cols.tbl, Type::TEXT_ARRAY),
+                (&cols.pk, Type::JSONB_ARRAY),
+                (&cols.old, Type::JSONB_ARRAY),
+                (&cols.data, Type::JSONB_ARRAY),
+                (&cols.withheld, Type::TEXT_ARRAY),
             ],
         )
         .await?

@@ -6,6 +6,7 @@
 //! `first_seq` in `id` order. A read finds the batches after its position (one query) and
 //! then reads their changes (one query per batch, pipelined on the connection).
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::event::{Change, Op, Position};
@@ -85,12 +86,16 @@ pub async fn read<C: GenericClient>(
         return Ok(read);
     }
     let batches: Vec<Batch> = client
-        .query(
+        .query_typed(
             "SELECT batch, first_seq, last_seq, snap::text, prev::text, min_id, max_id
                FROM rowcast.batches
               WHERE last_seq > $1 AND first_seq <= $2
               ORDER BY last_seq LIMIT $3",
-            &[&after.0, &until, &BATCHES_PER_READ],
+            &[
+                (&after.0, Type::INT8),
+                (&until, Type::INT8),
+                (&BATCHES_PER_READ, Type::INT8),
+            ],
         )
         .await?
         .iter()
@@ -201,7 +206,15 @@ async fn read_whole_batches<C: GenericClient>(
         membership("w.min_id", "w.max_id", "w.snap", "w.prev", true)
     );
     let rows = client
-        .query(&sql, &[&after.0, &limit, &until, &BATCHES_PER_READ])
+        .query_typed(
+            &sql,
+            &[
+                (&after.0, Type::INT8),
+                (&limit, Type::INT8),
+                (&until, Type::INT8),
+                (&BATCHES_PER_READ, Type::INT8),
+            ],
+        )
         .await?;
     if rows.is_empty() {
         return Ok(Some(Read::default()));
@@ -249,12 +262,16 @@ async fn read_part<C: GenericClient>(
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let Some(s) = &part.batch.snapshot else {
         return client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT {COLUMNS} FROM rowcast.changes c
                       WHERE c.seq >= $1 AND c.seq <= $2 ORDER BY c.seq LIMIT $3"
                 ),
-                &[&part.from, &part.to, &part.limit],
+                &[
+                    (&part.from, Type::INT8),
+                    (&part.to, Type::INT8),
+                    (&part.limit, Type::INT8),
+                ],
             )
             .await;
     };
@@ -275,16 +292,16 @@ async fn read_part<C: GenericClient>(
         )
     );
     client
-        .query(
+        .query_typed(
             &sql,
             &[
-                &s.min_id,
-                &s.max_id,
-                &after_id,
-                &s.snap,
-                &s.prev,
-                &skip,
-                &part.limit,
+                (&s.min_id, Type::INT8),
+                (&s.max_id, Type::INT8),
+                (&after_id, Type::INT8),
+                (&s.snap, Type::TEXT),
+                (&s.prev, Type::TEXT),
+                (&skip, Type::INT8),
+                (&part.limit, Type::INT8),
             ],
         )
         .await

@@ -28,7 +28,7 @@ pub struct Ticked {
 /// nothing new.
 pub async fn tick<C: GenericClient>(client: &C) -> Result<Option<Ticked>, tokio_postgres::Error> {
     Ok(client
-        .query_opt("SELECT first_seq, last_seq FROM rowcast.tick()", &[])
+        .query_typed_opt("SELECT first_seq, last_seq FROM rowcast.tick()", &[])
         .await?
         .map(|r| Ticked {
             first: Position(r.get(0)),

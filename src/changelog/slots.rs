@@ -2,6 +2,7 @@
 //! its changes are in the log (`rowcast.slot_positions`).
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 /// A replication slot as `pg_replication_slots` shows it.
 #[derive(Debug)]
@@ -74,10 +75,10 @@ pub async fn lock_position<C: GenericClient>(
     slot: &str,
 ) -> Result<i64, tokio_postgres::Error> {
     Ok(client
-        .query_one(
+        .query_typed_one(
             "SELECT (lsn - '0/0'::pg_lsn)::bigint FROM rowcast.slot_positions
               WHERE slot = $1 FOR UPDATE",
-            &[&slot],
+            &[(&slot, Type::TEXT)],
         )
         .await?
         .get(0))
@@ -90,11 +91,11 @@ pub async fn store_position<C: GenericClient>(
     lsn: u64,
 ) -> Result<(), tokio_postgres::Error> {
     client
-        .execute(
+        .execute_typed(
             "UPDATE rowcast.slot_positions
                 SET lsn = '0/0'::pg_lsn + $2::bigint::numeric, updated_at = now()
               WHERE slot = $1",
-            &[&slot, &(lsn as i64)],
+            &[(&slot, Type::TEXT), (&(lsn as i64), Type::INT8)],
         )
         .await?;
     Ok(())

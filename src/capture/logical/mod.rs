@@ -243,8 +243,22 @@ impl SlotConsumer {
         let Some(&(last_lsn, _, _)) = pending.txns.last() else {
             return Ok(());
         };
-        let tx = client.transaction().await?;
-        let stored = changelog::lock_position(&tx, &self.config.slot).await?;
+        // Two round trips: BEGIN with the position's lock, then the rows, the announcement,
+        // the new position and COMMIT in one pipeline. A failure anywhere aborts the
+        // transaction (its COMMIT then rolls back) and is returned.
+        let client = &*client;
+        let (begun, stored) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            changelog::lock_position(client, &self.config.slot)
+        );
+        begun?;
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
         let mut times = Vec::with_capacity(pending.changes);
         let mut changes = Vec::with_capacity(pending.changes);
         for (_, time, txn) in pending
@@ -255,18 +269,39 @@ impl SlotConsumer {
             times.extend(std::iter::repeat_n(time, txn.len()));
             changes.extend(txn);
         }
-        complete::complete(&tx, &self.catalog, &mut changes).await?;
-        let rows = changes.into_iter().zip(times).map(|(c, time)| c.at(time));
-        let n = changelog::append(&tx, rows).await?.len();
         pending.changes = 0;
-        if n > 0 {
-            tx.batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}"))
-                .await?;
+        if let Err(e) = complete::complete(client, &self.catalog, &mut changes).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
         }
-        if last_lsn as i64 > stored {
-            changelog::store_position(&tx, &self.config.slot, last_lsn).await?;
-        }
-        tx.commit().await?;
+        let n = changes.len();
+        let rows = changes.into_iter().zip(times).map(|(c, time)| c.at(time));
+        let notify = async {
+            match n {
+                0 => Ok(()),
+                _ => {
+                    client
+                        .batch_execute(&format!("NOTIFY {SEQUENCED_CHANNEL}"))
+                        .await
+                }
+            }
+        };
+        let store = async {
+            match last_lsn as i64 > stored {
+                true => changelog::store_position(client, &self.config.slot, last_lsn).await,
+                false => Ok(()),
+            }
+        };
+        let (appended, notified, moved, committed) = tokio::join!(
+            changelog::append(client, rows),
+            notify,
+            store,
+            client.batch_execute("COMMIT")
+        );
+        appended?;
+        notified?;
+        moved?;
+        committed?;
         repl.update_applied_lsn(Lsn::from_u64(last_lsn));
         metrics::counter!("rowcast_capture_decoded_changes_total").increment(n as u64);
         if n > 0 {
