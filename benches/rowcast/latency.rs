@@ -21,7 +21,7 @@ use crate::setup::{self, Rowcast};
 const NODE_CLIENTS: usize = 100;
 
 /// Rows the writer cycles through (an update's key is distinct within any capture batch).
-const ROWS: u64 = 1000;
+pub const ROWS: u64 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Via {
@@ -127,13 +127,7 @@ pub async fn run_with(
     webhook: Option<&str>,
     tweak: impl FnOnce(&mut setup::Config),
 ) -> Outcome {
-    // `BENCH_SYNC_COMMIT=on`: commits wait for the WAL flush (PostgreSQL's default; the
-    // throwaway cluster runs with `fsync=off`, so the flush itself costs nothing). With it
-    // off, logical decoding sees a commit only once the WAL writer flushed it.
-    let mut options = PgTempOptions::default();
-    if let Ok(v) = std::env::var("BENCH_SYNC_COMMIT") {
-        options.settings.push(("synchronous_commit".into(), v));
-    }
+    let options = pg_options();
     let pg = PgTemp::start(options).expect("PostgreSQL");
     let (db, mut config) = setup::database(&pg, ROWS as i64, false).await;
     // `BENCH_CAPTURE=logical`: the same run with logical capture instead of triggers.
@@ -181,15 +175,7 @@ pub async fn run_with(
                 }));
             }
         }
-        Via::SocketIo => {
-            // One node process per NODE_CLIENTS sockets: a browser tab holds one socket, and a
-            // single event loop parsing every client's frames would measure node's queueing.
-            let procs = clients.div_ceil(NODE_CLIENTS);
-            for i in 0..procs {
-                let n = clients / procs + usize::from(i < clients % procs);
-                node.push(NodeClients::start(&rc.base(), &token, n, "tickets").await);
-            }
-        }
+        Via::SocketIo => node = node_clients(&rc.base(), &token, clients).await,
     }
 
     let client_pids: Vec<u32> = if node.is_empty() {
@@ -230,11 +216,7 @@ pub async fn run_with(
             .collect();
         std::fs::write(path, text).expect("write BENCH_DUMP");
     }
-    let mut lat: Vec<f64> = received
-        .iter()
-        .filter_map(|(k, t)| commits.get(k).map(|c| (t - c).max(0.0)))
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let lat = latencies(&commits, &received);
     Outcome {
         via,
         clients,
@@ -250,7 +232,42 @@ pub async fn run_with(
     }
 }
 
-async fn warm_up(db: &tokio_postgres::Client, rate: u64) {
+/// The throwaway cluster of a latency run: `fsync=off` (a flush costs nothing) and
+/// `synchronous_commit=on`, PostgreSQL's default — commits wait for the WAL flush, so
+/// logical decoding sees each commit at once. `BENCH_SYNC_COMMIT=off` shows the other case:
+/// the WAL sender then decodes a commit only once the WAL writer flushed it (up to
+/// `wal_writer_delay`, 200 ms, later).
+pub fn pg_options() -> PgTempOptions {
+    let mut options = PgTempOptions::default();
+    let sync = std::env::var("BENCH_SYNC_COMMIT").unwrap_or_else(|_| "on".into());
+    options.settings.push(("synchronous_commit".into(), sync));
+    options
+}
+
+/// Receive minus commit time of every received bench key, sorted (ms).
+pub fn latencies(commits: &HashMap<u64, f64>, received: &[(u64, f64)]) -> Vec<f64> {
+    let mut lat: Vec<f64> = received
+        .iter()
+        .filter_map(|(k, t)| commits.get(k).map(|c| (t - c).max(0.0)))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    lat
+}
+
+/// `clients` npm Socket.IO clients of `base` in `tickets`: one node process per
+/// NODE_CLIENTS sockets (a browser tab holds one socket, and a single event loop parsing
+/// every client's frames would measure node's queueing).
+pub async fn node_clients(base: &str, token: &str, clients: usize) -> Vec<NodeClients> {
+    let procs = clients.div_ceil(NODE_CLIENTS);
+    let mut node = Vec::with_capacity(procs);
+    for i in 0..procs {
+        let n = clients / procs + usize::from(i < clients % procs);
+        node.push(NodeClients::start(base, token, n, "tickets").await);
+    }
+    node
+}
+
+pub async fn warm_up(db: &tokio_postgres::Client, rate: u64) {
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     for k in 0..rate {
         tick.tick().await;

@@ -30,6 +30,16 @@
 //!   events (default 10,000): time until it has them all.
 //! - `recovery-arg [--seconds S]`: 200 npm Socket.IO clients × 500 updates/s with connection-
 //!   state recovery on (each event's seq as a trailing argument) and off, side by side.
+//! - `versus [--clients N] [--rate R] [--seconds S]`: rowcast (triggers, logical) side by
+//!   side with the hand-made Node bridge in `benches/peer` (with its own payload and with
+//!   rowcast's), the same npm socket.io-client processes and writer; default 50 × 200/s.
+//! - `versus-targets [--seconds S]`: `versus` at 50 × 200/s, 1,000 × 20/s and 200 × 500/s,
+//!   then a verdict per issue-15 target.
+//! - `sustained [--seconds S]`: pgbench flat out for S seconds (default 60) in both capture
+//!   modes: probe lag while it runs and the time until everything is delivered once it
+//!   stops.
+//! - `replicas [--rate R] [--seconds S]`: database statements, time and rows per change with
+//!   1 and with 3 replicas (`pg_stat_statements`).
 //! - `all`: every scenario with its defaults.
 //!
 //! Every scenario passes its whole `rowcast::config::Config` to the binary (a TOML file named
@@ -46,7 +56,10 @@ mod latency;
 mod memory;
 mod overhead;
 mod recovery;
+mod replicas;
 mod setup;
+mod sustained;
+mod versus;
 mod webhooks;
 
 use latency::Via;
@@ -186,6 +199,16 @@ fn main() {
             rt.block_on(webhooks::throughput(args.events.unwrap_or(20_000)));
             rt.block_on(webhooks::enqueue_cost(seconds));
         }
+        "versus" => {
+            rt.block_on(versus::versus(
+                args.clients.unwrap_or(50),
+                args.rate.unwrap_or(200),
+                seconds,
+            ));
+        }
+        "versus-targets" => rt.block_on(versus::targets(seconds)),
+        "sustained" => rt.block_on(sustained::run(args.seconds.unwrap_or(60))),
+        "replicas" => rt.block_on(replicas::run(args.rate.unwrap_or(500), seconds)),
         "all" => {
             rt.block_on(overhead::run(seconds));
             targets();
@@ -195,6 +218,9 @@ fn main() {
             rt.block_on(bigtxn::run(1_000_000, None));
             rt.block_on(webhooks::throughput(20_000));
             rt.block_on(webhooks::enqueue_cost(seconds));
+            rt.block_on(versus::targets(seconds));
+            rt.block_on(sustained::run(60));
+            rt.block_on(replicas::run(500, seconds));
         }
         other => panic!("unknown scenario {other}; see benches/rowcast/main.rs"),
     }

@@ -232,22 +232,27 @@ impl Rowcast {
     }
 
     fn status_mb(&self, field: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(0.0)
+        status_mb(self.pid(), field)
     }
 
     /// CPU seconds (user + system) the process used so far.
     pub fn cpu_secs(&self) -> f64 {
         cpu_secs(self.pid())
     }
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS:`, `VmHWM:`), in MiB.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 /// `perf record` on a process while alive (`BENCH_PERF=<output file>`); stopped
