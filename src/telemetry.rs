@@ -113,6 +113,18 @@ fn describe_metrics() {
         "rowcast_events_emitted_total",
         "Events published to the hub, by event name (e.g. ticket.update, notification)."
     );
+    describe_counter!(
+        "rowcast_event_encodings_total",
+        "Events encoded for the wire, by transport: once per event and view (and room on websocket), not per session."
+    );
+    describe_gauge!(
+        "rowcast_replay_buffer_bytes",
+        "Bytes of events held by the replay buffer (bounded by hub.replay_buffer_bytes)."
+    );
+    describe_counter!(
+        "rowcast_frames_refused_total",
+        "Client WebSocket frames refused from their header, by reason (too_large: over hub.max_frame_bytes by more than a quarter)."
+    );
     describe_histogram!(
         "rowcast_commit_to_emit_seconds",
         "Time from the commit of a change to its publication to sessions."
@@ -168,6 +180,7 @@ fn describe_metrics() {
     metrics::gauge!("rowcast_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for transport in ["websocket", "socketio", "sse"] {
         metrics::gauge!("rowcast_connections", "transport" => transport).increment(0.0);
+        metrics::counter!("rowcast_event_encodings_total", "transport" => transport).increment(0);
     }
     metrics::gauge!("rowcast_joined_rooms").increment(0.0);
     metrics::counter!("rowcast_slow_client_disconnects_total").increment(0);

@@ -5,7 +5,10 @@
 //! Every transport (`/ws`, Socket.IO, SSE) is a thin adapter over a [`Session`]. The hub
 //! never blocks on a client: `publish` pushes into bounded queues ([`queue::Queue`]), and a
 //! session whose queue is full is removed from its rooms and told to close (WebSocket
-//! 4008); the client resumes from its last `seq`. Membership changes and publishing share
+//! 4008); the client resumes from its last `seq`. Queues and the replay buffer are bounded
+//! in events and in bytes (`hub.session_queue_bytes`, `hub.replay_buffer_bytes`). Each
+//! event is encoded once per transport and view ([`Delivery::encoded`]) and the same bytes
+//! go to every session. Membership changes and publishing share
 //! one lock, so a join observes a position `H` such that every event after `H` reaches the
 //! session's queue and every event up to `H` must come from [`Hub::catch_up_page`].
 
@@ -28,7 +31,8 @@ pub use config::HubConfig;
 pub use history::{History, HistoryFuture, HistoryPage, ResumeError};
 use queue::Queue;
 use rooms::Members;
-pub use session::{Delivery, OtherUser, Session};
+use session::Frames;
+pub use session::{Delivery, OtherUser, Scope, Session};
 
 /// Most rooms one session may be in.
 pub const MAX_ROOMS: usize = 100;
@@ -69,6 +73,8 @@ struct State {
     rooms: HashMap<Arc<str>, Members>,
     /// The most recent events, to serve resumes without the database.
     replay: VecDeque<SharedEvent>,
+    /// Sum of [`event_bytes`] over `replay`.
+    replay_bytes: usize,
     /// Every event after this position is in `replay`.
     replay_floor: Position,
 }
@@ -100,6 +106,26 @@ impl State {
     }
 }
 
+/// What an event in the replay buffer counts towards `hub.replay_buffer_bytes`: its
+/// payloads (every view), names and rooms, and the event itself.
+fn event_bytes(ev: &Event) -> usize {
+    let variants = [
+        &ev.variants.entered,
+        &ev.variants.left,
+        &ev.variants.redacted,
+    ];
+    ev.payload.get().len()
+        + variants
+            .iter()
+            .map(|v| v.as_ref().map_or(0, |p| p.get().len()))
+            .sum::<usize>()
+        + ev.name.len()
+        + ev.event_type.len()
+        + ev.table.len()
+        + ev.rooms.iter().map(|r| r.len() + 24).sum::<usize>()
+        + std::mem::size_of::<Event>()
+}
+
 /// Rooms, sessions and the live event stream of this replica.
 pub struct Hub {
     state: Mutex<State>,
@@ -124,6 +150,7 @@ impl Hub {
                 sessions: HashMap::new(),
                 rooms: HashMap::new(),
                 replay: VecDeque::new(),
+                replay_bytes: 0,
                 replay_floor: position,
             }),
             config,
@@ -191,11 +218,14 @@ impl Hub {
         let st = &mut *st;
         let mut kicked: Vec<SessionId> = Vec::new();
         let mut seen: HashSet<SessionId> = HashSet::new();
+        let keep = self.config.replay_buffer > 0 && self.config.replay_buffer_bytes > 0;
         for ev in events {
             let ev = Arc::new(ev);
             metrics::counter!("rowcast_events_emitted_total", "event" => ev.name.clone())
                 .increment(1);
             seen.clear();
+            // Made when the first session takes the event; shared by all of them.
+            let mut frames: Option<Arc<Frames>> = None;
             for (idx, room) in ev.rooms.iter().enumerate().take(u8::MAX as usize) {
                 let Some(members) = st.rooms.get(room.as_str()) else {
                     continue;
@@ -212,21 +242,26 @@ impl Hub {
                     let Some(view) = ev.view(&entry.user) else {
                         return;
                     };
-                    if entry
-                        .tx
-                        .push(Delivery::new(ev.clone(), idx as u8, view))
-                        .is_err()
-                    {
+                    let frames = frames.get_or_insert_with(|| Frames::new(ev.rooms.len()));
+                    let d = Delivery::new(ev.clone(), idx as u8, view, frames.clone());
+                    if entry.tx.push(d).is_err() {
                         kicked.push(sid);
                     }
                 });
             }
-            if self.config.replay_buffer > 0 {
+            if keep {
+                st.replay_bytes += event_bytes(&ev);
                 st.replay.push_back(ev);
-                while st.replay.len() > self.config.replay_buffer {
-                    if let Some(old) = st.replay.pop_front() {
-                        st.replay_floor = old.seq;
-                    }
+                // The oldest go first, by count and by bytes (an event larger than the
+                // whole budget is not kept at all).
+                while st.replay.len() > self.config.replay_buffer
+                    || st.replay_bytes > self.config.replay_buffer_bytes
+                {
+                    let Some(old) = st.replay.pop_front() else {
+                        break;
+                    };
+                    st.replay_bytes = st.replay_bytes.saturating_sub(event_bytes(&old));
+                    st.replay_floor = old.seq;
                 }
             }
         }
@@ -235,7 +270,9 @@ impl Hub {
         }
         if st.replay.is_empty() {
             st.replay_floor = st.position;
+            st.replay_bytes = 0;
         }
+        metrics::gauge!("rowcast_replay_buffer_bytes").set(st.replay_bytes as f64);
         for sid in kicked {
             let Some(entry) = st.sessions.get(&sid) else {
                 continue;
@@ -252,7 +289,11 @@ impl Hub {
     /// Opens a session for an authenticated user, joined to `user:<sub>`.
     pub fn open(self: &Arc<Self>, user: User, transport: Transport) -> Session {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let rx = Arc::new(Queue::new(self.config.session_queue));
+        let rx = Arc::new(Queue::with_bytes(
+            self.config.session_queue,
+            self.config.session_queue_bytes,
+            Delivery::weight,
+        ));
         let tx = rx.clone();
         let kick = CancellationToken::new();
         let user_room: Arc<str> = Arc::from(user.room());
@@ -394,6 +435,7 @@ impl Hub {
                 ev.clone(),
                 room.min(u8::MAX as usize) as u8,
                 view,
+                Frames::new(ev.rooms.len()),
             ))
         };
         {

@@ -4,6 +4,9 @@
 //! block of 32 slots (plus the channel itself, ~1 KB in all) when it is created. With one
 //! queue per connection that is ~10 MB at 10,000 idle connections; this queue is one small
 //! allocation until something is queued (docs/benchmarks.md, "memory").
+//!
+//! A queue may also be bounded in bytes ([`Queue::with_bytes`]): each item's weight counts
+//! while it waits.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -14,10 +17,16 @@ pub struct Queue<T> {
     state: Mutex<State<T>>,
     ready: Notify,
     limit: usize,
+    /// Most bytes waiting at a time (by `weigh`); one item over it is still taken into an
+    /// empty queue.
+    max_bytes: usize,
+    weigh: fn(&T) -> usize,
 }
 
 struct State<T> {
     items: VecDeque<T>,
+    /// Sum of the weights of `items`.
+    bytes: usize,
     /// Closed: pushes are dropped (see [`Queue::close`]).
     closed: bool,
 }
@@ -37,31 +46,49 @@ const KEEP_CAPACITY: usize = 64;
 impl<T> Queue<T> {
     /// A queue that takes at most `limit` items at a time.
     pub fn new(limit: usize) -> Self {
+        Queue::with_bytes(limit, usize::MAX, |_| 0)
+    }
+
+    /// A queue that takes at most `limit` items and `max_bytes` bytes (each item weighing
+    /// `weigh(item)`) at a time.
+    pub fn with_bytes(limit: usize, max_bytes: usize, weigh: fn(&T) -> usize) -> Self {
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
+                bytes: 0,
                 closed: false,
             }),
             ready: Notify::new(),
             limit: limit.max(1),
+            max_bytes,
+            weigh,
         }
+    }
+
+    /// Bytes waiting (by the queue's `weigh`).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `item`, or gives it back when `limit` items are already waiting. A closed
-    /// queue drops it.
+    /// Queues `item`, or gives it back when `limit` items are already waiting or it would
+    /// take the queue over `max_bytes`. A closed queue drops it.
     pub fn push(&self, item: T) -> Result<(), T> {
         let mut state = self.lock();
         if state.closed {
             return Ok(());
         }
-        if state.items.len() >= self.limit {
+        let weight = (self.weigh)(&item);
+        let was_empty = state.items.is_empty();
+        if state.items.len() >= self.limit
+            || (!was_empty && state.bytes.saturating_add(weight) > self.max_bytes)
+        {
             return Err(item);
         }
-        let was_empty = state.items.is_empty();
+        state.bytes = state.bytes.saturating_add(weight);
         state.items.push_back(item);
         drop(state);
         // The consumer only waits after it found the queue empty.
@@ -75,6 +102,9 @@ impl<T> Queue<T> {
     pub fn try_next(&self) -> Option<T> {
         let mut state = self.lock();
         let item = state.items.pop_front();
+        if let Some(item) = &item {
+            state.bytes = state.bytes.saturating_sub((self.weigh)(item));
+        }
         state.release_if_drained();
         item
     }
@@ -83,7 +113,10 @@ impl<T> Queue<T> {
     pub fn take_into(&self, out: &mut Vec<T>, max: usize) {
         let mut state = self.lock();
         let n = max.min(state.items.len());
+        let start = out.len();
         out.extend(state.items.drain(..n));
+        let taken: usize = out[start..].iter().map(self.weigh).sum();
+        state.bytes = state.bytes.saturating_sub(taken);
         state.release_if_drained();
     }
 
@@ -104,6 +137,7 @@ impl<T> Queue<T> {
         let items = {
             let mut state = self.lock();
             state.closed = true;
+            state.bytes = 0;
             std::mem::take(&mut state.items)
         };
         drop(items);
@@ -146,6 +180,34 @@ mod tests {
             .expect("woken by the push")
             .unwrap();
         assert_eq!(got, 4);
+    }
+
+    #[test]
+    fn a_byte_bound_refuses_what_would_go_over_it_but_never_starves() {
+        let q: Queue<Vec<u8>> = Queue::with_bytes(100, 1000, Vec::len);
+        assert_eq!(
+            q.push(vec![0; 5000]),
+            Ok(()),
+            "one large item fits an empty queue"
+        );
+        assert_eq!(
+            q.push(vec![1; 1]),
+            Err(vec![1; 1]),
+            "nothing more until it drains"
+        );
+        assert_eq!(q.bytes(), 5000);
+        assert_eq!(q.try_next().map(|v| v.len()), Some(5000));
+        assert_eq!(q.bytes(), 0);
+        for _ in 0..4 {
+            q.push(vec![0; 250]).unwrap();
+        }
+        assert!(q.push(vec![0; 1]).is_err(), "1000 bytes are waiting");
+        let mut out = vec![];
+        q.take_into(&mut out, 2);
+        assert_eq!(q.bytes(), 500, "taken items no longer count");
+        q.push(vec![0; 500]).unwrap();
+        q.close();
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]

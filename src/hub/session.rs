@@ -1,6 +1,7 @@
 //! A client's membership in the hub: its rooms and its bounded queue of deliveries.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,11 +18,135 @@ pub struct Delivery {
     pub event: SharedEvent,
     room: u8,
     pub view: View,
+    /// The event's wire encodings, shared by every session it is delivered to.
+    frames: Arc<Frames>,
+}
+
+/// What a transport's encoding of an event depends on besides the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The frame names the room the event came through (`/ws`).
+    Room,
+    /// The frame is the same whatever the room (Socket.IO, SSE).
+    View,
+}
+
+const VIEWS: usize = 4;
+const TRANSPORTS: usize = 3;
+
+fn view_index(view: View) -> usize {
+    match view {
+        View::Full => 0,
+        View::Entered => 1,
+        View::Left => 2,
+        View::Redacted => 3,
+    }
+}
+
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::WebSocket => 0,
+        Transport::SocketIo => 1,
+        Transport::Sse => 2,
+    }
+}
+
+/// One event's encodings, made at most once per transport, view and (for [`Scope::Room`])
+/// room, by whichever session needs one first; the others send the same bytes.
+pub(super) struct Frames {
+    slots: Box<[OnceLock<Box<dyn Any + Send + Sync>>]>,
+    rooms: usize,
+}
+
+impl std::fmt::Debug for Frames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let made = self.slots.iter().filter(|s| s.get().is_some()).count();
+        f.debug_struct("Frames").field("made", &made).finish()
+    }
+}
+
+impl Frames {
+    /// Slots for an event that goes to `rooms` rooms.
+    pub(super) fn new(rooms: usize) -> Arc<Frames> {
+        let rooms = rooms.min(u8::MAX as usize);
+        let n = TRANSPORTS * (rooms + 1) * VIEWS;
+        Arc::new(Frames {
+            slots: (0..n).map(|_| OnceLock::new()).collect(),
+            rooms,
+        })
+    }
+
+    fn slot(
+        &self,
+        t: Transport,
+        scope: Scope,
+        room: u8,
+        view: View,
+    ) -> Option<&OnceLock<Box<dyn Any + Send + Sync>>> {
+        let r = match scope {
+            Scope::Room => usize::from(room).min(self.rooms),
+            Scope::View => self.rooms,
+        };
+        let i = (transport_index(t) * (self.rooms + 1) + r) * VIEWS + view_index(view);
+        self.slots.get(i)
+    }
 }
 
 impl Delivery {
-    pub(super) fn new(event: SharedEvent, room: u8, view: View) -> Delivery {
-        Delivery { event, room, view }
+    pub(super) fn new(event: SharedEvent, room: u8, view: View, frames: Arc<Frames>) -> Delivery {
+        Delivery {
+            event,
+            room,
+            view,
+            frames,
+        }
+    }
+
+    /// This delivery as `transport` writes it, encoded by `encode` only if no other session
+    /// of that transport (with the same view and, for [`Scope::Room`], room) has needed it
+    /// yet: the bytes are shared (`T` is cheap to clone, e.g. `bytes::Bytes`). Counted in
+    /// `rowcast_event_encodings_total{transport}`.
+    pub fn encoded<T>(
+        &self,
+        transport: Transport,
+        scope: Scope,
+        encode: impl FnOnce(&Delivery) -> T,
+    ) -> T
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let count = || {
+            metrics::counter!("rowcast_event_encodings_total", "transport" => transport.as_str())
+                .increment(1);
+        };
+        let Some(slot) = self.frames.slot(transport, scope, self.room, self.view) else {
+            count();
+            return encode(self);
+        };
+        let mut encode = Some(encode);
+        let made = slot.get_or_init(|| match encode.take() {
+            Some(f) => {
+                count();
+                Box::new(f(self))
+            }
+            None => Box::new(()),
+        });
+        if let Some(t) = made.downcast_ref::<T>() {
+            return t.clone();
+        }
+        // Made as another type (no transport does that): encode anew. `encode` is still
+        // there, as the slot was not made here.
+        count();
+        match encode.take() {
+            Some(f) => f(self),
+            None => unreachable!("a slot made by this call holds a T"),
+        }
+    }
+
+    /// What this delivery counts towards its session's `hub.session_queue_bytes`: its
+    /// payload and name, plus the queue entry itself.
+    pub fn weight(&self) -> usize {
+        self.payload().get().len() + self.event.name.len() + std::mem::size_of::<Delivery>()
     }
 
     pub fn room(&self) -> &str {

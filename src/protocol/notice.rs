@@ -139,6 +139,8 @@ pub enum CloseReason {
     TokenExpired,
     /// Missed events could not be loaded: reconnect to retry.
     ResumeFailed,
+    /// A client frame far over `hub.max_frame_bytes` was refused from its header (`/ws`).
+    FrameTooLarge,
 }
 
 impl CloseReason {
@@ -149,6 +151,7 @@ impl CloseReason {
             CloseReason::TooSlow { .. } => "too_slow",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::ResumeFailed => ErrorCode::Unavailable.as_str(),
+            CloseReason::FrameTooLarge => ErrorCode::FrameTooLarge.as_str(),
         }
     }
 
@@ -159,6 +162,7 @@ impl CloseReason {
             CloseReason::TooSlow { .. } => 4008,
             CloseReason::TokenExpired => 4401,
             CloseReason::ResumeFailed => 1011,
+            CloseReason::FrameTooLarge => 1009,
         }
     }
 
@@ -180,6 +184,10 @@ impl CloseReason {
             (CloseReason::TokenExpired, _) => "token expired; reconnect with a new token".into(),
             (CloseReason::ResumeFailed, Transport::WebSocket) => "resume failed; reconnect".into(),
             (CloseReason::ResumeFailed, _) => RESUME_FAILED.into(),
+            (CloseReason::FrameTooLarge, _) => {
+                "frame_too_large: frame over hub.max_frame_bytes; reconnect and send smaller frames"
+                    .into()
+            }
         }
     }
 }

@@ -3,22 +3,27 @@
 //! Every event goes out as `id: <seq>`, `event: <name>`, `data: <payload>`, so a browser's
 //! `EventSource` resumes on its own through `Last-Event-ID`. Refusals (401, 403, 400) are
 //! answered before the stream starts. The stream ends after a `rowcast:error` event when
-//! the client is too slow, its token expires or the server shuts down.
+//! the client is too slow, its token expires or the server shuts down. Each event's block
+//! is encoded once and the same bytes go to every stream that receives it with the same view.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::json;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::{StreamQuery, checked_rooms, expiry_sleep, parse_since};
 use crate::api::{ApiError, AppState};
 use crate::event::Position;
-use crate::hub::{Delivery, ResumeError, Session, Transport};
+use crate::hub::{Delivery, ResumeError, Scope, Session, Transport};
 use crate::protocol::{CatchUp, CloseReason, Resume};
 
 /// `GET /events`: authenticates (401), checks every room (403) and `since` /
@@ -52,10 +57,13 @@ pub async fn handler(
     // deliveries at or before it are not new.
     let mut resume = Resume::new(since);
     resume.skip_through(until);
+    let keep_alive = app.hub.config().ping_interval;
     let mut conn = Conn {
         session,
         resume,
         shutdown: app.shutdown.clone(),
+        keep_alive,
+        idle: Box::pin(tokio::time::sleep(keep_alive)),
         pending: VecDeque::new(),
         catch_up: since.map(|s| CatchUp::new(rooms.clone(), s, until)),
         rooms,
@@ -69,17 +77,48 @@ pub async fn handler(
         let ev = conn.next().await?;
         Some((Ok::<_, Infallible>(ev), conn))
     });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(app.hub.config().ping_interval))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response())
 }
+
+/// One SSE block: `id`, `event`, then `data` (one `data:` line per line of it).
+fn block(id: Option<&str>, event: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + event.len() + 40);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// The comment sent after `hub.ping_interval` without anything else.
+const KEEP_ALIVE: &[u8] = b":\n\n";
 
 struct Conn {
     session: Session,
     resume: Resume,
     shutdown: CancellationToken,
-    /// Events ready to go out.
-    pending: VecDeque<SseEvent>,
+    keep_alive: Duration,
+    /// Fires after `keep_alive` without a write.
+    idle: Pin<Box<Sleep>>,
+    /// Encoded events ready to go out.
+    pending: VecDeque<Bytes>,
     /// Resume still to serve.
     catch_up: Option<CatchUp>,
     rooms: Vec<String>,
@@ -89,8 +128,15 @@ struct Conn {
 }
 
 impl Conn {
-    /// The next event to send, or `None` to end the stream.
-    async fn next(&mut self) -> Option<SseEvent> {
+    /// The next bytes to send, or `None` to end the stream.
+    async fn next(&mut self) -> Option<Bytes> {
+        let block = self.next_block().await;
+        let deadline = Instant::now() + self.keep_alive;
+        self.idle.as_mut().reset(deadline);
+        block
+    }
+
+    async fn next_block(&mut self) -> Option<Bytes> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Some(ev);
@@ -119,6 +165,8 @@ impl Conn {
                         self.pending.push_back(event(&d));
                     }
                 }
+                // 5. Keep-alive.
+                _ = self.idle.as_mut() => return Some(Bytes::from_static(KEEP_ALIVE)),
             }
         }
     }
@@ -134,12 +182,11 @@ impl Conn {
             }
             Some(Err(ResumeError::ResyncRequired { since, pruned })) => {
                 let resync = catch_up.resync(since, pruned);
-                self.pending.push_back(
-                    SseEvent::default()
-                        .id(catch_up.until().to_string())
-                        .event("resync_required")
-                        .data(serde_json::to_string(&resync).expect("resync serializes")),
-                );
+                self.pending.push_back(block(
+                    Some(&catch_up.until().to_string()),
+                    "resync_required",
+                    &serde_json::to_string(&resync).expect("resync serializes"),
+                ));
                 self.push_ready();
             }
             Some(Err(e @ ResumeError::Unavailable(_))) => {
@@ -158,29 +205,47 @@ impl Conn {
             "seq": self.live_after,
             "expires_at": self.session.user.exp,
         });
-        self.pending.push_back(
-            SseEvent::default()
-                .id(self.live_after.to_string())
-                .event("ready")
-                .data(body.to_string()),
-        );
+        self.pending.push_back(block(
+            Some(&self.live_after.to_string()),
+            "ready",
+            &body.to_string(),
+        ));
     }
 
     /// Queues a `rowcast:error` event and ends the stream after it.
     fn end(&mut self, reason: CloseReason) {
         let body = json!({ "code": reason.code(), "message": reason.message(Transport::Sse) });
-        self.pending.push_back(
-            SseEvent::default()
-                .event("rowcast:error")
-                .data(body.to_string()),
-        );
+        self.pending
+            .push_back(block(None, "rowcast:error", &body.to_string()));
         self.ended = true;
     }
 }
 
-fn event(d: &Delivery) -> SseEvent {
-    SseEvent::default()
-        .id(d.event.seq.to_string())
-        .event(&d.event.name)
-        .data(d.payload().get())
+/// An event's block, encoded once for every stream that receives it with the same view.
+fn event(d: &Delivery) -> Bytes {
+    d.encoded(Transport::Sse, Scope::View, |d| {
+        block(
+            Some(&d.event.seq.to_string()),
+            &d.event.name,
+            d.payload().get(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_server_sent_events() {
+        assert_eq!(
+            block(Some("7"), "ticket.update", r#"{"a":1}"#),
+            Bytes::from_static(b"id: 7\nevent: ticket.update\ndata: {\"a\":1}\n\n")
+        );
+        assert_eq!(
+            block(None, "x", "a\nb"),
+            Bytes::from_static(b"event: x\ndata: a\ndata: b\n\n"),
+            "one data line per line"
+        );
+    }
 }

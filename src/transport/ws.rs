@@ -3,7 +3,8 @@
 //! Client frames: `join`, `leave`, `auth` (token refresh), `ping` ([`ClientFrame`]).
 //! Server frames: `welcome`, `joined`, `left`, `event`, `error`, `pong`, `authenticated`,
 //! `resync_required` ([`Notice`]). Close codes per [`CloseReason`]: 1001 server shutting
-//! down, 4008 too slow, 4401 token expired, 1011 resume failed.
+//! down, 4008 too slow, 4401 token expired, 1011 resume failed, 1009 frame too large (a
+//! frame far over `hub.max_frame_bytes`, refused from its header).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use serde_json::value::RawValue;
 use super::{StreamQuery, expiry_sleep, parse_since, room_list};
 use crate::api::{ApiError, AppState};
 use crate::event::Position;
-use crate::hub::{Delivery, ResumeError, Session, Transport};
+use crate::hub::{Delivery, ResumeError, Scope, Session, Transport};
 use crate::protocol::{
     CatchUp, ClientFrame, CloseReason, ErrorCode, Flow, Notice, RESUME_FAILED, Resume,
 };
@@ -45,12 +46,13 @@ pub async fn handler(
     let user = app.auth.authenticate(&headers, q.token.as_deref())?;
     let since = parse_since(q.since.as_deref(), "since")?;
     let rooms: Vec<String> = room_list(q.rooms.as_deref()).map(String::from).collect();
-    let max = app.hub.config().max_frame_bytes;
+    let limit = app.hub.config().ws_frame_limit();
     Ok(ws
-        // Frames above the protocol limit are answered with an error frame; only frames far
-        // above it are cut off by the WebSocket layer itself.
-        .max_message_size(max.saturating_mul(16))
-        .max_frame_size(max.saturating_mul(16))
+        // Frames over the protocol limit are answered with an error frame; frames over it by
+        // more than a quarter are refused by the WebSocket layer from their header, before
+        // their payload is buffered, and the session is closed (1009).
+        .max_message_size(limit)
+        .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let session = app.hub.open(user, Transport::WebSocket);
@@ -77,6 +79,14 @@ struct EventFrame<'a> {
     payload: &'a RawValue,
 }
 
+/// The `event` frame for one delivery, encoded once for every `/ws` session that receives
+/// it through the same room with the same view.
+pub fn shared_event_frame(d: &Delivery) -> Utf8Bytes {
+    d.encoded(Transport::WebSocket, Scope::Room, |d| {
+        Utf8Bytes::from(event_frame(d))
+    })
+}
+
 /// The `event` frame for one delivery.
 pub fn event_frame(d: &Delivery) -> String {
     serde_json::to_string(&EventFrame {
@@ -87,6 +97,32 @@ pub fn event_frame(d: &Delivery) -> String {
         payload: d.payload(),
     })
     .expect("event frames always serialize")
+}
+
+/// The tungstenite error behind an axum WebSocket error, if it is one.
+fn ws_error(e: &axum::Error) -> Option<&tungstenite::Error> {
+    let inner: &(dyn std::error::Error + 'static) = std::error::Error::source(e)?;
+    inner.downcast_ref::<tungstenite::Error>()
+}
+
+/// Whether a read failed on a frame or message over the WebSocket limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    matches!(
+        ws_error(e),
+        Some(tungstenite::Error::Capacity(
+            tungstenite::error::CapacityError::MessageTooLong { .. }
+        ))
+    )
+}
+
+fn too_large_detail(e: &axum::Error) -> String {
+    match ws_error(e) {
+        Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            ..
+        })) => format!("frame of {size} bytes is over the limit, refused unread"),
+        _ => "frame over the limit, refused unread".into(),
+    }
 }
 
 struct Conn {
@@ -144,6 +180,10 @@ impl Conn {
                 msg = self.socket.recv() => match msg {
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
                     Some(Ok(Message::Binary(_))) => self.send_error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None).await,
+                    Some(Err(e)) if is_too_large(&e) => {
+                        self.refuse_too_large(&e).await;
+                        Flow::Stop
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Flow::Stop,
                     Some(Ok(_)) => Flow::Continue,
                 },
@@ -168,7 +208,7 @@ impl Conn {
         let mut last = None;
         for d in batch {
             if self.resume.is_new(d.event.seq) {
-                frames.push(event_frame(&d));
+                frames.push(shared_event_frame(&d));
                 last = Some(d.event.seq);
             }
         }
@@ -298,7 +338,7 @@ impl Conn {
             match page {
                 Ok(deliveries) => {
                     for d in deliveries {
-                        if !self.send(Message::Text(event_frame(&d).into())).await {
+                        if !self.send(Message::Text(shared_event_frame(&d))).await {
                             return Flow::Stop;
                         }
                         self.last_sent = Some(d.event.seq);
@@ -343,12 +383,12 @@ impl Conn {
     }
 
     /// Sends text frames with one flush, unless the session is kicked or the write stalls.
-    async fn send_all(&mut self, frames: Vec<String>) -> bool {
+    async fn send_all(&mut self, frames: Vec<Utf8Bytes>) -> bool {
         let kicked = self.session.kicked.clone();
         let socket = &mut self.socket;
         let write = async move {
             for f in frames {
-                socket.feed(Message::Text(f.into())).await?;
+                socket.feed(Message::Text(f)).await?;
             }
             socket.flush().await
         };
@@ -365,6 +405,28 @@ impl Conn {
             r = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(msg)) => matches!(r, Ok(Ok(()))),
             _ = kicked.cancelled() => false,
         }
+    }
+
+    /// A frame over the WebSocket limit, refused from its header: its payload is never
+    /// read, so the connection cannot go on. Says why (`frame_too_large`), then closes with
+    /// 1009 without reading anything more.
+    async fn refuse_too_large(&mut self, e: &axum::Error) {
+        let max = self.app.hub.config().max_frame_bytes;
+        let message = format!("{}; the limit is {max} bytes", too_large_detail(e));
+        metrics::counter!("rowcast_frames_refused_total", "reason" => "too_large").increment(1);
+        let _ = self
+            .send_error(ErrorCode::FrameTooLarge, &message, None, None)
+            .await;
+        let frame = Message::Close(Some(CloseFrame {
+            code: CloseReason::FrameTooLarge.ws_close_code(),
+            reason: CloseReason::FrameTooLarge
+                .message(Transport::WebSocket)
+                .into(),
+        }));
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(frame)).await;
+        // The client's reply cannot be read (its unread payload comes first): give it a
+        // moment to take the close frame before the connection is dropped.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     async fn close_too_slow(&mut self) {

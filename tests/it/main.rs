@@ -3,6 +3,7 @@
 mod support;
 
 mod audience;
+mod bytes;
 mod capture;
 mod client;
 mod core;

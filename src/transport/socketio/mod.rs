@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::EncodedPacket;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ use crate::api::AppState;
 use crate::api::auth::AuthError;
 use crate::event::Position;
 use crate::hub::queue::Queue;
-use crate::hub::{Delivery, MAX_ROOMS, ResumeError, Session, Transport};
+use crate::hub::{Delivery, MAX_ROOMS, ResumeError, Scope, Session, Transport};
 use crate::protocol::{CatchUp, CloseReason, ErrorCode, Flow, Resume, Resync, rooms_arg};
 use crate::recovery::{Outcome, Recovery};
 
@@ -75,8 +76,10 @@ pub fn layer(app: AppState) -> SocketIoLayer {
         .ws_read_buffer_size(WS_READ_BUFFER)
         // Clients only send small join/leave requests.
         .max_payload(hub.max_frame_bytes as u64)
-        .ws_max_message_size(hub.max_frame_bytes.saturating_mul(16))
-        .ws_max_frame_size(hub.max_frame_bytes.saturating_mul(16))
+        // Larger frames are refused from their header, before their payload is read (the
+        // engine closes the connection).
+        .ws_max_message_size(hub.ws_frame_limit())
+        .ws_max_frame_size(hub.ws_frame_limit())
         .build_layer();
     io.ns("/", on_connect.with(authenticate));
     let shutdown = app.shutdown.clone();
@@ -326,6 +329,12 @@ impl Drop for Conn {
     }
 }
 
+/// What one emit sends: data to encode for this socket, or a packet encoded once for all.
+enum Out<'a, T: ?Sized> {
+    Data(&'a T),
+    Packet(&'a EncodedPacket),
+}
+
 /// Outcome of one emit.
 enum Sent {
     Yes,
@@ -524,18 +533,38 @@ impl Conn {
 
     /// Emits an event. With recovery on, its seq is the trailing string argument:
     /// socket.io-client keeps it as the offset it recovers from (listeners get the payload
-    /// as their first argument, as before).
+    /// as their first argument, as before). The packet is encoded once for every socket
+    /// that receives this event with the same view ([`Delivery::encoded`]).
     async fn emit_delivery(&mut self, d: &Delivery) -> Flow {
-        if self.recovery.is_some() {
-            let args = (d.payload(), d.event.seq.to_string());
-            self.emit_event(&d.event.name, &args).await
-        } else {
-            self.emit_event(&d.event.name, d.payload()).await
+        let recovery = self.recovery.is_some();
+        let socket = &self.socket;
+        let packet = d.encoded(Transport::SocketIo, Scope::View, |d| {
+            let encoded = if recovery {
+                let args = (d.payload(), d.event.seq.to_string());
+                socket.encode_event(&d.event.name, &args)
+            } else {
+                socket.encode_event(&d.event.name, d.payload())
+            };
+            encoded.map_err(|e| e.to_string())
+        });
+        match packet {
+            Ok(packet) => {
+                self.send_flow(&d.event.name, &Out::<()>::Packet(&packet))
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, event = %d.event.name, "cannot encode a Socket.IO event");
+                Flow::Continue
+            }
         }
     }
 
     async fn emit_event<T: Serialize + ?Sized>(&mut self, name: &str, data: &T) -> Flow {
-        match self.emit(name, data, true).await {
+        self.send_flow(name, &Out::Data(data)).await
+    }
+
+    async fn send_flow<T: Serialize + ?Sized>(&mut self, name: &str, out: &Out<'_, T>) -> Flow {
+        match self.emit(name, out, true).await {
             Sent::Yes => Flow::Continue,
             Sent::TooSlow => {
                 Box::pin(self.close_too_slow()).await;
@@ -548,17 +577,26 @@ impl Conn {
     /// Emits without ever blocking the hub: while socketioxide's per-socket buffer is full
     /// the event waits here (and later ones in the bounded session queue, whose overflow
     /// kicks the session); a buffer full for [`WRITE_TIMEOUT`] counts as too slow.
-    async fn emit<T: Serialize + ?Sized>(&self, name: &str, data: &T, watch_kick: bool) -> Sent {
-        match self.try_emit(name, data) {
+    async fn emit<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        out: &Out<'_, T>,
+        watch_kick: bool,
+    ) -> Sent {
+        match self.try_emit(name, out) {
             Some(sent) => sent,
             // Boxed: the waiting state stays out of the idle per-socket task.
-            None => Box::pin(self.emit_when_room(name, data, watch_kick)).await,
+            None => Box::pin(self.emit_when_room(name, out, watch_kick)).await,
         }
     }
 
     /// One emit attempt; `None` while the socket's buffer is full.
-    fn try_emit<T: Serialize + ?Sized>(&self, name: &str, data: &T) -> Option<Sent> {
-        match self.socket.emit(name, data) {
+    fn try_emit<T: Serialize + ?Sized>(&self, name: &str, out: &Out<'_, T>) -> Option<Sent> {
+        let sent = match out {
+            Out::Data(data) => self.socket.emit(name, *data),
+            Out::Packet(packet) => self.socket.emit_encoded(packet).map_err(SendError::Socket),
+        };
+        match sent {
             Ok(()) => Some(Sent::Yes),
             Err(SendError::Socket(SocketError::InternalChannelFull)) => None,
             Err(SendError::Socket(_)) => Some(Sent::Closed),
@@ -573,7 +611,7 @@ impl Conn {
     async fn emit_when_room<T: Serialize + ?Sized>(
         &self,
         name: &str,
-        data: &T,
+        out: &Out<'_, T>,
         watch_kick: bool,
     ) -> Sent {
         let deadline = Instant::now() + WRITE_TIMEOUT;
@@ -587,7 +625,7 @@ impl Conn {
                 _ = self.gone.cancelled() => return Sent::Closed,
                 _ = self.shutdown.cancelled() => return Sent::Closed,
             }
-            if let Some(sent) = self.try_emit(name, data) {
+            if let Some(sent) = self.try_emit(name, out) {
                 return sent;
             }
         }
@@ -608,7 +646,7 @@ impl Conn {
         tracing::debug!(session = self.session.id, code, "closing Socket.IO session");
         let message = reason.message(Transport::SocketIo);
         let body = json!({ "code": code, "message": message, "seq": self.last_sent });
-        if let Sent::Closed = self.emit("rowcast:error", &body, false).await {
+        if let Sent::Closed = self.emit("rowcast:error", &Out::Data(&body), false).await {
             return;
         }
         let deadline = Instant::now() + WRITE_TIMEOUT;

@@ -129,6 +129,28 @@ impl<'a> PermitExt<'a> for Permit<'a> {
     }
 }
 
+/// (rowcast patch) A packet encoded once by [`Socket::encode_event`], sent to any number
+/// of sockets with [`Socket::emit_encoded`]. Cloning it shares its bytes.
+#[derive(Debug, Clone)]
+pub struct EncodedPacket(Value);
+
+impl EncodedPacket {
+    /// Length of the encoded packet (its text and binary attachments), in bytes.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Value::Str(s, bins) => {
+                s.len() + bins.as_ref().map_or(0, |b| b.iter().map(|b| b.len()).sum())
+            }
+            Value::Bytes(b) => b.len(),
+        }
+    }
+
+    /// Whether the packet is empty (it never is once encoded).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A RemoteSocket is a [`Socket`] that is remotely connected on another server.
 /// It implements a subset of the [`Socket`] API.
 pub struct RemoteSocket<A> {
@@ -510,6 +532,31 @@ impl<A: Adapter> Socket<A> {
         let data = self.parser.encode_value(data, Some(event.as_ref()))?;
 
         permit.send(Packet::event(ns, data), self.parser);
+        Ok(())
+    }
+
+    /// (rowcast patch) Encodes an event once, for [`Socket::emit_encoded`]: the packet as
+    /// [`Socket::emit`] would build it for this socket's namespace and parser. Sending the
+    /// same packet to many sockets of the namespace serializes it once, not once per socket.
+    pub fn encode_event<T: ?Sized + Serialize>(
+        &self,
+        event: impl AsRef<str>,
+        data: &T,
+    ) -> Result<EncodedPacket, crate::ParserError> {
+        let data = self.parser.encode_value(data, Some(event.as_ref()))?;
+        let ns = self.ns.path.clone();
+        Ok(EncodedPacket(self.parser.encode(Packet::event(ns, data))))
+    }
+
+    /// (rowcast patch) Sends a packet made by [`Socket::encode_event`] (on a socket of the
+    /// same namespace): like [`Socket::emit`], without serializing anything. The packet's
+    /// bytes are shared, not copied.
+    pub fn emit_encoded(&self, packet: &EncodedPacket) -> Result<(), SocketError> {
+        if !self.connected() {
+            return Err(SocketError::Closed);
+        }
+        let permit = self.reserve()?;
+        permit.send_raw(packet.0.clone());
         Ok(())
     }
 
