@@ -104,3 +104,128 @@ async fn internal_urls_are_refused_when_set_and_when_connecting() {
     );
     server.stop().await;
 }
+
+/// Every special-purpose block of the IANA registries that is not globally reachable, and
+/// the IPv6 transition forms that carry an internal IPv4 address, are refused by the API
+/// (user and admin endpoints) and again when a stored URL is sent to.
+#[tokio::test]
+async fn special_purpose_and_embedded_addresses_are_refused() {
+    // Loopback is allowed (as in local setups): the embedded forms must still be refused,
+    // they are not the allowed addresses.
+    let (db, server) = support::start_with(|c| {
+        c.webhook.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let api = Api::new(server.http());
+    let carl = server.token("3", "customer");
+    let admin = server.token("2", "admin");
+    for (url, reason) in [
+        (
+            "http://[::127.0.0.1]/",
+            "IPv4-compatible address embedding 127.0.0.1, a loopback",
+        ),
+        ("http://[64:ff9b:1::7f00:1]/", "local-use NAT64"),
+        (
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "NAT64 address embedding 169.254.169.254, a cloud metadata",
+        ),
+        (
+            "http://[2002:7f00:1::1]/",
+            "6to4 address embedding 127.0.0.1, a loopback",
+        ),
+        (
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+            "Teredo address embedding 127.0.0.1",
+        ),
+        (
+            "http://[::ffff:10.0.0.1]/",
+            "IPv4-mapped address embedding 10.0.0.1, a private",
+        ),
+        ("http://[fec0::1]/", "site-local"),
+        ("http://198.18.0.1/", "benchmarking"),
+        ("http://192.0.0.170/", "IETF protocol assignment"),
+        ("http://192.88.99.1/", "6to4 relay"),
+        ("http://203.0.113.5/", "documentation"),
+        ("http://[2001:db8::1]/", "documentation"),
+        ("http://[3fff::1]/", "documentation"),
+        ("http://[5f00::1]/", "SRv6"),
+        ("http://[100::1]/", "discard-only"),
+        ("http://[2001:2::1]/", "IETF protocol assignment"),
+        ("http://255.255.255.255/", "broadcast"),
+    ] {
+        let (s, b) = api.put("/api/webhook", &carl, json!({ "url": url })).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{url}: {b}");
+        assert_eq!(b["error"], "url_refused", "{url}: {b}");
+        let message = b["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{url}: {message}");
+        assert!(
+            message.contains("webhooks may only reach public addresses"),
+            "{message}"
+        );
+        let (s, b) = api
+            .post(
+                "/api/webhooks",
+                &admin,
+                json!({ "url": url, "event_types": ["*"] }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "admin {url}: {b}");
+    }
+    // Globally reachable exceptions inside refused blocks are accepted.
+    for url in [
+        "http://192.0.0.9/",
+        "http://[2001:1::1]/",
+        "http://[2001:20::1]/",
+    ] {
+        let (s, b) = api.put("/api/webhook", &carl, json!({ "url": url })).await;
+        assert!(s.is_success(), "{url}: {s} {b}");
+    }
+    // An admin endpoint cannot be re-pointed at one either.
+    let (s, ep) = api
+        .post(
+            "/api/webhooks",
+            &admin,
+            json!({ "url": "http://192.0.0.9/", "event_types": ["*"] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ep}");
+    let (s, b) = api
+        .call(
+            Method::PATCH,
+            &format!("/api/webhooks/{}", ep["id"].as_str().unwrap()),
+            Some(&admin),
+            Some(json!({ "url": "http://[::ffff:169.254.169.254]/" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("cloud metadata"),
+        "{b}"
+    );
+
+    // Stored anyway (written before this check existed): refused when sending.
+    let pg = db.client().await;
+    pg.execute(
+        "INSERT INTO rowcast.webhook_endpoints (id, user_id, url, event_types, secret, created_by)
+         VALUES (gen_random_uuid(), '4', 'http://[2002:7f00:1::1]:9/', '{notification.created}',
+                 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'test')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let cleo = server.token("4", "customer");
+    let id = api.test_send(&cleo).await;
+    let d = eventually(10, || async {
+        let (_, d) = api
+            .get(&format!("/api/webhook/deliveries/{id}"), &cleo)
+            .await;
+        (d["attempts"].as_i64() >= Some(1)).then_some(d)
+    })
+    .await;
+    let error = d["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("6to4 address embedding 127.0.0.1"),
+        "{d}"
+    );
+    server.stop().await;
+}
