@@ -147,7 +147,8 @@ async fn delete_own(
 }
 
 /// `POST /api/webhook/test`: enqueues a signed test `notification.created` to the
-/// caller's endpoint; answers 202 with the delivery id to follow.
+/// caller's endpoint; answers 202 with the delivery id to follow, or 429 with
+/// `Retry-After` past `webhook.test_sends_per_minute`.
 async fn test_own(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let u = user(&app, &headers)?;
     let client = app.pool.get().await.map_err(db)?;
@@ -155,6 +156,9 @@ async fn test_own(State(app): State<AppState>, headers: HeaderMap) -> Result<Res
         .await
         .map_err(db)?
         .ok_or_else(no_endpoint)?;
+    if let Err(wait) = app.webhooks.test_sends.take(&u.sub) {
+        return Ok(rate_limited(app.webhooks.test_sends.per_minute(), wait));
+    }
     let now = endpoints::rfc3339(time::OffsetDateTime::now_utc());
     let test_id = format!("test-{}", Uuid::now_v7());
     let payload = json!({
@@ -185,6 +189,21 @@ async fn test_own(State(app): State<AppState>, headers: HeaderMap) -> Result<Res
         Json(json!({ "delivery_id": id, "endpoint_id": ep.id, "status": "pending" })),
     )
         .into_response())
+}
+
+/// 429 with `Retry-After` in whole seconds (rounded up, so a client that waits that long
+/// is let through).
+fn rate_limited(per_minute: u32, wait: std::time::Duration) -> Response {
+    let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+    let mut res = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("at most {per_minute} test sends a minute; try again in {secs} s"),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
+    res
 }
 
 #[derive(Deserialize)]

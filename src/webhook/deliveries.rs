@@ -141,23 +141,53 @@ pub struct Claimed {
     pub lease: Uuid,
 }
 
-/// Claims up to `limit` due deliveries of enabled endpoints for `lease_secs`, skipping
-/// rows other workers hold. Every claim of this call carries the same new lease id.
-pub async fn claim<C: GenericClient>(
-    client: &C,
+/// Key of the transaction advisory lock that serializes claims over the cluster, so the
+/// per-endpoint bound counts every other replica's leases (next to `changelog`'s keys:
+/// `0x726f_7763_6173_74xx` is "rowcast" and a number).
+pub const CLAIM_LOCK: i64 = 0x726f_7763_6173_7403;
+
+/// Claims up to `limit` due deliveries of enabled endpoints for `lease_secs`, fairly:
+/// no endpoint gets more than `per_endpoint` deliveries leased at once, counting the
+/// leases every worker of the cluster holds (claims are serialized by [`CLAIM_LOCK`], held
+/// for one short transaction), and the claim takes endpoints round-robin (every endpoint's
+/// oldest due delivery, then every endpoint's second, …), so an endpoint with a long
+/// backlog or one that never answers cannot take the slots of the others. Every claim of
+/// this call carries the same new lease id.
+pub async fn claim(
+    client: &mut tokio_postgres::Client,
     limit: i64,
+    per_endpoint: i64,
     lease_secs: f64,
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let lease = Uuid::new_v4();
-    let rows = client
+    let tx = client.transaction().await?;
+    // A statement of its own: the claim's snapshot must be taken after the lock, so it
+    // sees the leases the previous holder committed.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+        .await?;
+    let rows = tx
         .query(
-            "WITH due AS (
-                SELECT d.id FROM rowcast.webhook_deliveries d
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-                   AND (d.locked_until IS NULL OR d.locked_until < now())
-                   AND EXISTS (SELECT 1 FROM rowcast.webhook_endpoints e
-                                WHERE e.id = d.endpoint_id AND e.enabled)
-                 ORDER BY d.next_attempt_at LIMIT $1
+            "WITH busy AS (
+                SELECT endpoint_id, count(*) AS n FROM rowcast.webhook_deliveries
+                 WHERE locked_until > now() AND status = 'pending'
+                 GROUP BY endpoint_id),
+             ready AS (
+                SELECT c.id, c.rank, c.next_attempt_at
+                  FROM rowcast.webhook_endpoints e
+                  LEFT JOIN busy b ON b.endpoint_id = e.id
+                  CROSS JOIN LATERAL (
+                        SELECT d.id, d.next_attempt_at,
+                               row_number() OVER (ORDER BY d.next_attempt_at, d.id) AS rank
+                          FROM rowcast.webhook_deliveries d
+                         WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                           AND d.next_attempt_at <= now()
+                           AND (d.locked_until IS NULL OR d.locked_until <= now())
+                         ORDER BY d.next_attempt_at, d.id
+                         LIMIT greatest($4 - coalesce(b.n, 0), 0)) c
+                 WHERE e.enabled),
+             due AS (
+                SELECT d.id FROM rowcast.webhook_deliveries d JOIN ready r ON r.id = d.id
+                 ORDER BY r.rank, r.next_attempt_at, d.id LIMIT $1
                  FOR UPDATE OF d SKIP LOCKED),
              claimed AS (
                 UPDATE rowcast.webhook_deliveries d
@@ -167,9 +197,10 @@ pub async fn claim<C: GenericClient>(
              SELECT c.id, c.endpoint_id, c.payload, c.tries, e.url, e.secret,
                     CASE WHEN e.old_secret_expires_at > now() THEN e.old_secret END
                FROM claimed c JOIN rowcast.webhook_endpoints e ON e.id = c.endpoint_id",
-            &[&limit, &lease_secs, &lease],
+            &[&limit, &lease_secs, &lease, &per_endpoint],
         )
         .await?;
+    tx.commit().await?;
     Ok(rows
         .iter()
         .map(|r| Claimed {

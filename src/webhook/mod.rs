@@ -10,6 +10,7 @@
 mod config;
 pub mod deliveries;
 pub mod endpoints;
+pub mod limit;
 pub mod outbox;
 pub mod schedule;
 pub mod sender;
@@ -62,6 +63,8 @@ pub struct Webhooks {
     pub wake: Arc<Notify>,
     /// How long a rotated-out secret keeps signing.
     pub secret_grace: Duration,
+    /// Bounds each user's test sends (in this process).
+    pub test_sends: limit::TestSendLimiter,
 }
 
 /// Initializes the outbox cursor at `start` (if absent) and spawns the outbox writer and
@@ -104,5 +107,6 @@ pub async fn start(
         guard,
         wake,
         secret_grace: c.secret_grace,
+        test_sends: limit::TestSendLimiter::new(c.test_sends_per_minute),
     }))
 }
