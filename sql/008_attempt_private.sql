@@ -2,10 +2,10 @@
 --
 -- `private`: whether the address the attempt connected to is one the SSRF guard refuses
 -- unless the operator allows it (`webhook.allow_cidrs`): true for a receiver reached only
--- through the allow-list, false for a public one, NULL when nothing was connected to (no
--- response) or the attempt was recorded before this migration. The API shows the response
--- body of an attempt whose `private` is not false to admins only, so a user cannot read
--- internal services through their own webhook's attempt log.
+-- through the allow-list (or whose address is unknown), false for a public one, NULL when
+-- no HTTP response came back or the attempt was recorded before this migration. The API
+-- shows the response body of an attempt whose `private` is not false to admins only, so a
+-- user cannot read internal services through their own webhook's attempt log.
 ALTER TABLE rowcast.webhook_attempts ADD COLUMN IF NOT EXISTS private boolean;
 
 -- The claim takes each endpoint's oldest due deliveries (round-robin over endpoints) and

@@ -3,6 +3,8 @@
 //!
 //! Every route needs a JWT (`Authorization: Bearer`). Users see and replay only their own
 //! endpoint's deliveries; admins (role `admin`) see all and manage `/api/webhooks`.
+//! Response bodies from private addresses (allowed only by `webhook.allow_cidrs`) are shown
+//! to admins only.
 
 use axum::Json;
 use axum::Router;
@@ -245,6 +247,8 @@ async fn list_deliveries(
     Ok(Json(json!({ "deliveries": list })))
 }
 
+/// `GET /api/webhook/deliveries/{id}`: the delivery with its payload and attempt log; for
+/// a non-admin, bodies not known to come from a public address are withheld.
 async fn get_delivery(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -253,11 +257,16 @@ async fn get_delivery(
     let u = user(&app, &headers)?;
     let id = uuid(&id)?;
     let client = app.pool.get().await.map_err(db)?;
-    deliveries::get(&**client, id, owner(&u))
+    let mut d = deliveries::get(&**client, id, owner(&u))
         .await
         .map_err(db)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("no such delivery"))
+        .ok_or_else(|| ApiError::not_found("no such delivery"))?;
+    // Bodies from addresses reachable only through `webhook.allow_cidrs` are for admins:
+    // otherwise a user's endpoint would read internal services for them.
+    if !u.is_admin() {
+        d.withhold_private_responses();
+    }
+    Ok(Json(d))
 }
 
 /// `POST /api/webhook/deliveries/{id}/retry`: sends the delivery again now, with a fresh

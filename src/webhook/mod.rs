@@ -5,8 +5,9 @@
 //! into rows of `rowcast.webhook_deliveries` under the durable `outbox` cursor; the
 //! [`worker`] claims due rows under a lease and sends them through [`sender`] (signed by
 //! [`sign`], guarded by [`ssrf`], retried per [`schedule`]). The HTTP surface is
-//! `api::webhooks`.
+//! `api::webhooks`; what it shows of an attempt (and to whom) is [`attempts`].
 
+pub mod attempts;
 mod config;
 pub mod deliveries;
 pub mod endpoints;

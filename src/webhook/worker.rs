@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::deliveries::{self, AttemptOutcome, AttemptResult, Claimed, DeliveryStatus};
+use super::attempts::AttemptOutcome;
+use super::deliveries::{self, AttemptResult, Claimed, DeliveryStatus};
 use super::schedule::{Next, Schedule, parse_retry_after};
 use super::sender::{Sender, Sent};
 use super::{WebhookConfig, WebhookError, endpoints};
@@ -251,6 +252,7 @@ fn classify(
         outcome: AttemptOutcome::Delivered,
         error: None,
         response: None,
+        private: None,
         status: DeliveryStatus::Delivered,
         tries,
         retry_in: None,
@@ -261,9 +263,11 @@ fn classify(
             status,
             retry_after,
             body,
+            private,
         } => {
             result.status_code = Some(i32::from(status));
             result.response = Some(body);
+            result.private = Some(private);
             if (200..300).contains(&status) {
                 return Outcome::Attempted { result, gone };
             }

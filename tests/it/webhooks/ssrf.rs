@@ -1,9 +1,9 @@
 //! The SSRF guard: internal URLs refused when set and at connection time; clear 4xx answers.
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::{Api, ms};
+use super::{Api, fast, ms};
 use crate::support::{self, eventually};
 
 #[tokio::test]
@@ -228,4 +228,91 @@ async fn special_purpose_and_embedded_addresses_are_refused() {
         "{d}"
     );
     server.stop().await;
+}
+
+/// An internal service (on 127.0.0.1, reachable only because the operator allow-listed
+/// loopback) that answers anyone with something secret.
+async fn internal_service(body: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/admin/credentials",
+        listener.local_addr().unwrap()
+    );
+    let app = axum::Router::new().fallback(move || async move { body });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+/// A user who points their webhook at an allow-listed internal service cannot read its
+/// answers through the attempt log: they see the status code and the timing, the body is
+/// withheld (`response_withheld: "private_address"`); an admin sees the body. A body
+/// recorded as coming from a public address is shown to the owner; one recorded before
+/// the column existed is withheld.
+#[tokio::test]
+async fn bodies_from_allow_listed_private_addresses_are_shown_to_admins_only() {
+    const SECRET: &str = "AKIA-internal-credentials-7f3e";
+    let (url, service) = internal_service(SECRET).await;
+    let (db, server) = support::start_with(fast).await;
+    let api = Api::new(server.http());
+    let carl = server.token("3", "customer");
+    let admin = server.token("2", "admin");
+    api.set_url(&carl, &url).await;
+    let id = api.test_send(&carl).await;
+    let d = api.delivery_with_status(&carl, &id, "delivered").await;
+    let path = format!("/api/webhook/deliveries/{id}");
+
+    // The owner: status and timing, no body, and the reason.
+    let a = &d["attempt_log"][0];
+    assert_eq!(a["status_code"], 200, "{d}");
+    assert!(a["duration_ms"].as_i64().is_some(), "{d}");
+    assert_eq!(a["response"], Value::Null, "{d}");
+    assert_eq!(a["response_withheld"], "private_address", "{d}");
+    let (_, list) = api.get("/api/webhook/deliveries", &carl).await;
+    for seen in [&d, &list] {
+        assert!(!seen.to_string().contains(SECRET), "{seen}");
+    }
+    // The admin: the body.
+    let (s, d) = api.get(&path, &admin).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["attempt_log"][0]["response"], SECRET, "{d}");
+    assert!(
+        d["attempt_log"][0].get("response_withheld").is_none(),
+        "{d}"
+    );
+    // Stored: the address connected to was private.
+    let pg = db.client().await;
+    let private: Option<bool> = pg
+        .query_one(
+            "SELECT private FROM rowcast.webhook_attempts WHERE delivery_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(private, Some(true));
+
+    // No public receiver can be reached from a test, so mark the attempt as public: the
+    // owner's view follows the column (and not, say, the allow-list).
+    let owner_view = async |private: Option<bool>| {
+        pg.execute(
+            "UPDATE rowcast.webhook_attempts SET private = $2 WHERE delivery_id = $1::text::uuid",
+            &[&id, &private],
+        )
+        .await
+        .unwrap();
+        let (s, d) = api.get(&path, &carl).await;
+        assert_eq!(s, StatusCode::OK, "{d}");
+        d["attempt_log"][0].clone()
+    };
+    let a = owner_view(Some(false)).await;
+    assert_eq!(a["response"], SECRET, "{a}");
+    assert!(a.get("response_withheld").is_none(), "{a}");
+    // Recorded before migration 008 (NULL): withheld, fail closed.
+    let a = owner_view(None).await;
+    assert_eq!(a["response"], Value::Null, "{a}");
+    assert_eq!(a["response_withheld"], "private_address", "{a}");
+    server.stop().await;
+    service.abort();
 }
