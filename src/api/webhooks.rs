@@ -3,6 +3,8 @@
 //!
 //! Every route needs a JWT (`Authorization: Bearer`). Users see and replay only their own
 //! endpoint's deliveries; admins (role `admin`) see all and manage `/api/webhooks`.
+//! Response bodies from private addresses (allowed only by `webhook.allow_cidrs`) are shown
+//! to admins only.
 
 use axum::Json;
 use axum::Router;
@@ -147,7 +149,8 @@ async fn delete_own(
 }
 
 /// `POST /api/webhook/test`: enqueues a signed test `notification.created` to the
-/// caller's endpoint; answers 202 with the delivery id to follow.
+/// caller's endpoint; answers 202 with the delivery id to follow, or 429 with
+/// `Retry-After` past `webhook.test_sends_per_minute`.
 async fn test_own(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let u = user(&app, &headers)?;
     let client = app.pool.get().await.map_err(db)?;
@@ -155,6 +158,9 @@ async fn test_own(State(app): State<AppState>, headers: HeaderMap) -> Result<Res
         .await
         .map_err(db)?
         .ok_or_else(no_endpoint)?;
+    if let Err(wait) = app.webhooks.test_sends.take(&u.sub) {
+        return Ok(rate_limited(app.webhooks.test_sends.per_minute(), wait));
+    }
     let now = endpoints::rfc3339(time::OffsetDateTime::now_utc());
     let test_id = format!("test-{}", Uuid::now_v7());
     let payload = json!({
@@ -185,6 +191,21 @@ async fn test_own(State(app): State<AppState>, headers: HeaderMap) -> Result<Res
         Json(json!({ "delivery_id": id, "endpoint_id": ep.id, "status": "pending" })),
     )
         .into_response())
+}
+
+/// 429 with `Retry-After` in whole seconds (rounded up, so a client that waits that long
+/// is let through).
+fn rate_limited(per_minute: u32, wait: std::time::Duration) -> Response {
+    let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+    let mut res = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("at most {per_minute} test sends a minute; try again in {secs} s"),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
+    res
 }
 
 #[derive(Deserialize)]
@@ -226,6 +247,8 @@ async fn list_deliveries(
     Ok(Json(json!({ "deliveries": list })))
 }
 
+/// `GET /api/webhook/deliveries/{id}`: the delivery with its payload and attempt log; for
+/// a non-admin, bodies not known to come from a public address are withheld.
 async fn get_delivery(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -234,11 +257,16 @@ async fn get_delivery(
     let u = user(&app, &headers)?;
     let id = uuid(&id)?;
     let client = app.pool.get().await.map_err(db)?;
-    deliveries::get(&**client, id, owner(&u))
+    let mut d = deliveries::get(&**client, id, owner(&u))
         .await
         .map_err(db)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("no such delivery"))
+        .ok_or_else(|| ApiError::not_found("no such delivery"))?;
+    // Bodies from addresses reachable only through `webhook.allow_cidrs` are for admins:
+    // otherwise a user's endpoint would read internal services for them.
+    if !u.is_admin() {
+        d.withhold_private_responses();
+    }
+    Ok(Json(d))
 }
 
 /// `POST /api/webhook/deliveries/{id}/retry`: sends the delivery again now, with a fresh

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/005_socketio_sessions.sql"),
     ),
     (7, "log_data", include_str!("../../sql/007_log_data.sql")),
+    (
+        8,
+        "attempt_private",
+        include_str!("../../sql/008_attempt_private.sql"),
+    ),
 ];
 
 /// The embedded migrations not applied to the database yet, as `NNN name` (all of them

@@ -24,7 +24,8 @@ pub struct WebhookConfig {
     pub allow_cidrs: Vec<ipnet::IpNet>,
     /// Deliveries in flight at once, over all endpoints.
     pub concurrency: usize,
-    /// Deliveries in flight at once to one endpoint.
+    /// Deliveries leased at once to one endpoint, over the whole cluster (counted in
+    /// PostgreSQL when claiming): an endpoint that never answers holds this many slots.
     pub per_endpoint_concurrency: usize,
     /// How long a rotated-out secret keeps signing as a second signature.
     #[serde(with = "humantime_serde")]
@@ -43,6 +44,8 @@ pub struct WebhookConfig {
     pub batch: i64,
     /// Most change-log rows turned into deliveries by one outbox transaction.
     pub enqueue_batch: i64,
+    /// Test sends (`POST /api/webhook/test`) one user may make a minute, per replica.
+    pub test_sends_per_minute: u32,
 }
 
 impl Default for WebhookConfig {
@@ -57,13 +60,14 @@ impl Default for WebhookConfig {
             connect_timeout: Duration::from_secs(5),
             allow_cidrs: Vec::new(),
             concurrency: 64,
-            per_endpoint_concurrency: 16,
+            per_endpoint_concurrency: 4,
             secret_grace: Duration::from_secs(24 * 3600),
             max_retry_after: Duration::from_secs(3600),
             lease: Duration::from_secs(45),
             poll_interval: Duration::from_secs(1),
             batch: 256,
             enqueue_batch: 1000,
+            test_sends_per_minute: 10,
         }
     }
 }
@@ -89,6 +93,9 @@ impl WebhookConfig {
         }
         if self.batch < 1 || self.enqueue_batch < 1 {
             problems.push("webhook.batch and webhook.enqueue_batch must be at least 1".into());
+        }
+        if self.test_sends_per_minute == 0 {
+            problems.push("webhook.test_sends_per_minute must be at least 1".into());
         }
         if self.poll_interval.is_zero() {
             problems.push("webhook.poll_interval must be positive".into());

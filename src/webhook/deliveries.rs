@@ -5,6 +5,7 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use super::attempts::{Attempt, AttemptOutcome};
 use super::endpoints::rfc3339;
 
 /// Where a delivery stands, as stored in `webhook_deliveries.status`.
@@ -36,41 +37,6 @@ impl DeliveryStatus {
 
     pub fn parse(s: &str) -> Option<DeliveryStatus> {
         DeliveryStatus::ALL.into_iter().find(|d| d.as_str() == s)
-    }
-}
-
-/// What one attempt came to, as stored in `webhook_attempts.outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttemptOutcome {
-    Delivered,
-    /// Failed; another attempt is scheduled.
-    Retry,
-    /// Failed, and it was the last attempt.
-    Failed,
-    /// The receiver answered 410 Gone: the endpoint is disabled.
-    Gone,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Failed => "failed",
-            AttemptOutcome::Gone => "gone",
-        }
-    }
-
-    fn parse(s: &str) -> AttemptOutcome {
-        [
-            AttemptOutcome::Delivered,
-            AttemptOutcome::Retry,
-            AttemptOutcome::Gone,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
-        .unwrap_or(AttemptOutcome::Failed)
     }
 }
 
@@ -141,23 +107,53 @@ pub struct Claimed {
     pub lease: Uuid,
 }
 
-/// Claims up to `limit` due deliveries of enabled endpoints for `lease_secs`, skipping
-/// rows other workers hold. Every claim of this call carries the same new lease id.
-pub async fn claim<C: GenericClient>(
-    client: &C,
+/// Key of the transaction advisory lock that serializes claims over the cluster, so the
+/// per-endpoint bound counts every other replica's leases (next to `changelog`'s keys:
+/// `0x726f_7763_6173_74xx` is "rowcast" and a number).
+pub const CLAIM_LOCK: i64 = 0x726f_7763_6173_7403;
+
+/// Claims up to `limit` due deliveries of enabled endpoints for `lease_secs`, fairly:
+/// no endpoint gets more than `per_endpoint` deliveries leased at once, counting the
+/// leases every worker of the cluster holds (claims are serialized by [`CLAIM_LOCK`], held
+/// for one short transaction), and the claim takes endpoints round-robin (every endpoint's
+/// oldest due delivery, then every endpoint's second, …), so an endpoint with a long
+/// backlog or one that never answers cannot take the slots of the others. Every claim of
+/// this call carries the same new lease id.
+pub async fn claim(
+    client: &mut tokio_postgres::Client,
     limit: i64,
+    per_endpoint: i64,
     lease_secs: f64,
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let lease = Uuid::new_v4();
-    let rows = client
+    let tx = client.transaction().await?;
+    // A statement of its own: the claim's snapshot must be taken after the lock, so it
+    // sees the leases the previous holder committed.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+        .await?;
+    let rows = tx
         .query(
-            "WITH due AS (
-                SELECT d.id FROM rowcast.webhook_deliveries d
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-                   AND (d.locked_until IS NULL OR d.locked_until < now())
-                   AND EXISTS (SELECT 1 FROM rowcast.webhook_endpoints e
-                                WHERE e.id = d.endpoint_id AND e.enabled)
-                 ORDER BY d.next_attempt_at LIMIT $1
+            "WITH busy AS (
+                SELECT endpoint_id, count(*) AS n FROM rowcast.webhook_deliveries
+                 WHERE locked_until > now() AND status = 'pending'
+                 GROUP BY endpoint_id),
+             ready AS (
+                SELECT c.id, c.rank, c.next_attempt_at
+                  FROM rowcast.webhook_endpoints e
+                  LEFT JOIN busy b ON b.endpoint_id = e.id
+                  CROSS JOIN LATERAL (
+                        SELECT d.id, d.next_attempt_at,
+                               row_number() OVER (ORDER BY d.next_attempt_at, d.id) AS rank
+                          FROM rowcast.webhook_deliveries d
+                         WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                           AND d.next_attempt_at <= now()
+                           AND (d.locked_until IS NULL OR d.locked_until <= now())
+                         ORDER BY d.next_attempt_at, d.id
+                         LIMIT greatest($4 - coalesce(b.n, 0), 0)) c
+                 WHERE e.enabled),
+             due AS (
+                SELECT d.id FROM rowcast.webhook_deliveries d JOIN ready r ON r.id = d.id
+                 ORDER BY r.rank, r.next_attempt_at, d.id LIMIT $1
                  FOR UPDATE OF d SKIP LOCKED),
              claimed AS (
                 UPDATE rowcast.webhook_deliveries d
@@ -167,9 +163,10 @@ pub async fn claim<C: GenericClient>(
              SELECT c.id, c.endpoint_id, c.payload, c.tries, e.url, e.secret,
                     CASE WHEN e.old_secret_expires_at > now() THEN e.old_secret END
                FROM claimed c JOIN rowcast.webhook_endpoints e ON e.id = c.endpoint_id",
-            &[&limit, &lease_secs, &lease],
+            &[&limit, &lease_secs, &lease, &per_endpoint],
         )
         .await?;
+    tx.commit().await?;
     Ok(rows
         .iter()
         .map(|r| Claimed {
@@ -217,6 +214,9 @@ pub struct AttemptResult {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub response: Option<String>,
+    /// Whether the address that answered is not globally reachable (see
+    /// [`Attempt::private`]); `None` when nothing answered.
+    pub private: Option<bool>,
     /// The delivery's status after this attempt.
     pub status: DeliveryStatus,
     pub tries: i32,
@@ -243,17 +243,22 @@ pub async fn record<C: GenericClient>(
     let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
     let errors = col(|r| r.error.clone());
     let responses = col(|r| r.response.clone());
+    let private: Vec<Option<bool>> = results.iter().map(|r| r.private).collect();
     let statuses: Vec<&str> = results.iter().map(|r| r.status.as_str()).collect();
     let tries: Vec<i32> = results.iter().map(|r| r.tries).collect();
     let retry_in: Vec<Option<f64>> = results.iter().map(|r| r.retry_in).collect();
     client
         .execute(
             "INSERT INTO rowcast.webhook_attempts
-                (delivery_id, attempted_at, duration_ms, status_code, outcome, error, response)
+                (delivery_id, attempted_at, duration_ms, status_code, outcome, error, response,
+                 private)
              SELECT u.* FROM unnest($1::uuid[], $2::timestamptz[], $3::int4[], $4::int4[],
-                                    $5::text[], $6::text[], $7::text[]) AS u(d, a, m, c, o, e, r)
+                                    $5::text[], $6::text[], $7::text[], $8::bool[])
+                          AS u(d, a, m, c, o, e, r, p)
               WHERE EXISTS (SELECT 1 FROM rowcast.webhook_deliveries x WHERE x.id = u.d)",
-            &[&ids, &at, &ms, &codes, &outcomes, &errors, &responses],
+            &[
+                &ids, &at, &ms, &codes, &outcomes, &errors, &responses, &private,
+            ],
         )
         .await?;
     client
@@ -295,16 +300,13 @@ pub struct Delivery {
     pub attempt_log: Option<Vec<Attempt>>,
 }
 
-/// One stored attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub attempted_at: String,
-    pub duration_ms: i32,
-    pub status_code: Option<i32>,
-    pub outcome: AttemptOutcome,
-    pub error: Option<String>,
-    /// The first 4 KiB of the response body.
-    pub response: Option<String>,
+impl Delivery {
+    /// Blanks the response bodies a non-admin may not read (see [`Attempt::withhold`]).
+    pub fn withhold_private_responses(&mut self) {
+        for a in self.attempt_log.iter_mut().flatten() {
+            a.withhold();
+        }
+    }
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_type, d.change_seq, \
@@ -373,7 +375,8 @@ pub async fn get<C: GenericClient>(
         .query_opt(
             &format!(
                 "SELECT {DELIVERY_COLUMNS}, d.payload,
-                        a.attempted_at, a.duration_ms, a.status_code, a.outcome, a.error, a.response
+                        a.attempted_at, a.duration_ms, a.status_code, a.outcome, a.error, a.response,
+                        a.private
                    FROM rowcast.webhook_deliveries d
                    JOIN rowcast.webhook_endpoints e ON e.id = d.endpoint_id
                    CROSS JOIN LATERAL (
@@ -382,7 +385,8 @@ pub async fn get<C: GenericClient>(
                                array_agg(status_code ORDER BY id) AS status_code,
                                array_agg(outcome ORDER BY id) AS outcome,
                                array_agg(error ORDER BY id) AS error,
-                               array_agg(response ORDER BY id) AS response
+                               array_agg(response ORDER BY id) AS response,
+                               array_agg(private ORDER BY id) AS private
                           FROM rowcast.webhook_attempts WHERE delivery_id = d.id) a
                   WHERE d.id = $1 AND ($2::text IS NULL OR e.user_id = $2)"
             ),
@@ -402,6 +406,7 @@ pub async fn get<C: GenericClient>(
     let outcomes: Vec<String> = row.get::<_, Option<_>>(15).unwrap_or_default();
     let errors: Vec<Option<String>> = row.get::<_, Option<_>>(16).unwrap_or_default();
     let responses: Vec<Option<String>> = row.get::<_, Option<_>>(17).unwrap_or_default();
+    let private: Vec<Option<bool>> = row.get::<_, Option<_>>(18).unwrap_or_default();
     d.attempt_log = Some(
         at.into_iter()
             .zip(ms)
@@ -409,14 +414,19 @@ pub async fn get<C: GenericClient>(
             .zip(outcomes)
             .zip(errors)
             .zip(responses)
-            .map(|(((((at, ms), code), outcome), error), response)| Attempt {
-                attempted_at: rfc3339(at),
-                duration_ms: ms,
-                status_code: code,
-                outcome: AttemptOutcome::parse(&outcome),
-                error,
-                response,
-            })
+            .zip(private)
+            .map(
+                |((((((at, ms), code), outcome), error), response), private)| Attempt {
+                    attempted_at: rfc3339(at),
+                    duration_ms: ms,
+                    status_code: code,
+                    outcome: AttemptOutcome::parse(&outcome),
+                    error,
+                    response,
+                    response_withheld: None,
+                    private,
+                },
+            )
             .collect(),
     );
     Ok(Some(d))

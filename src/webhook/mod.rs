@@ -5,11 +5,13 @@
 //! into rows of `rowcast.webhook_deliveries` under the durable `outbox` cursor; the
 //! [`worker`] claims due rows under a lease and sends them through [`sender`] (signed by
 //! [`sign`], guarded by [`ssrf`], retried per [`schedule`]). The HTTP surface is
-//! `api::webhooks`.
+//! `api::webhooks`; what it shows of an attempt (and to whom) is [`attempts`].
 
+pub mod attempts;
 mod config;
 pub mod deliveries;
 pub mod endpoints;
+pub mod limit;
 pub mod outbox;
 pub mod schedule;
 pub mod sender;
@@ -62,6 +64,8 @@ pub struct Webhooks {
     pub wake: Arc<Notify>,
     /// How long a rotated-out secret keeps signing.
     pub secret_grace: Duration,
+    /// Bounds each user's test sends (in this process).
+    pub test_sends: limit::TestSendLimiter,
 }
 
 /// Initializes the outbox cursor at `start` (if absent) and spawns the outbox writer and
@@ -104,5 +108,6 @@ pub async fn start(
         guard,
         wake,
         secret_grace: c.secret_grace,
+        test_sends: limit::TestSendLimiter::new(c.test_sends_per_minute),
     }))
 }

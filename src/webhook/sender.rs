@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AG
 use super::WebhookConfig;
 use super::deliveries::Claimed;
 use super::sign;
-use super::ssrf::{Guard, GuardedResolver};
+use super::ssrf::{Guard, GuardedResolver, forbidden_kind};
 
 /// Bytes of a response body kept in the attempt log.
 pub const RESPONSE_LIMIT: usize = 4096;
@@ -22,6 +22,9 @@ pub enum Sent {
         retry_after: Option<String>,
         /// The first [`RESPONSE_LIMIT`] bytes of the body (lossy UTF-8).
         body: String,
+        /// The address answering was not globally reachable (it was let through only by
+        /// `webhook.allow_cidrs`), or is unknown: the body is shown to admins only.
+        private: bool,
     },
     /// No HTTP answer: refused address, DNS, connect, timeout, TLS, …
     Failed(String),
@@ -82,6 +85,11 @@ impl Sender {
             Err(e) => return Sent::Failed(crate::telemetry::error_chain(&e)),
         };
         let status = response.status().as_u16();
+        // The address actually connected to, not the one the URL was checked with: a name
+        // may resolve to several. Unknown counts as private (fail closed).
+        let private = response
+            .remote_addr()
+            .is_none_or(|a| forbidden_kind(a.ip()).is_some());
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -102,6 +110,7 @@ impl Sender {
             status,
             retry_after,
             body: String::from_utf8_lossy(&body).into_owned(),
+            private,
         }
     }
 }

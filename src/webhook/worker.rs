@@ -2,13 +2,14 @@
 //! attempt, and reschedule, fail or disable as the answer says.
 //!
 //! One claim loop per process takes up to `batch` due deliveries at a time (never more
-//! than free slots of `concurrency`), a task per delivery waits for a slot of its
-//! endpoint (`per_endpoint_concurrency`) and sends it, and one writer task stores results
-//! in batches. Guarantee: at least once. A process that dies releases nothing; its leases
+//! than free slots of `concurrency`), a task per delivery sends it, and one writer task
+//! stores results in batches. Fairness is the claim's: at most `per_endpoint_concurrency`
+//! deliveries of one endpoint are leased at once over the whole cluster, and endpoints are
+//! taken round-robin (see [`deliveries::claim`]), so a receiver that never answers holds
+//! that many slots for `timeout` at most and every other endpoint keeps being served. Guarantee: at least once. A process that dies releases nothing; its leases
 //! run out (`lease` > `timeout`) and another worker sends the delivery again with the same
 //! `webhook-id`, so receivers can deduplicate.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::deliveries::{self, AttemptOutcome, AttemptResult, Claimed, DeliveryStatus};
+use super::attempts::AttemptOutcome;
+use super::deliveries::{self, AttemptResult, Claimed, DeliveryStatus};
 use super::schedule::{Next, Schedule, parse_retry_after};
 use super::sender::{Sender, Sent};
 use super::{WebhookConfig, WebhookError, endpoints};
@@ -39,7 +41,7 @@ enum Outcome {
         result: AttemptResult,
         gone: Option<Uuid>,
     },
-    /// Not attempted (shutdown, endpoint busy too long): give the lease back.
+    /// Not attempted (shutdown): give the lease back.
     Released { id: Uuid, lease: Uuid },
 }
 
@@ -91,7 +93,6 @@ impl Worker {
         result_tx: &mpsc::Sender<Outcome>,
     ) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
-        let mut per_endpoint: HashMap<Uuid, Arc<Semaphore>> = HashMap::new();
         let schedule = Arc::new(Schedule::new(
             self.config.retry_schedule.clone(),
             self.config.max_retry_after,
@@ -129,33 +130,19 @@ impl Worker {
                 }
             };
             let full = claimed.len() == permits.len();
-            let claimed_at = Instant::now();
             for d in claimed {
                 let Some(slot) = permits.pop() else { break };
-                let ep = per_endpoint
-                    .entry(d.endpoint_id)
-                    .or_insert_with(|| {
-                        Arc::new(Semaphore::new(self.config.per_endpoint_concurrency))
-                    })
-                    .clone();
                 tasks.spawn(deliver(Delivery {
                     d,
-                    claimed_at,
                     slot,
-                    endpoint_slots: ep,
                     sender: self.sender.clone(),
                     schedule: schedule.clone(),
-                    config: self.config.clone(),
                     result_tx: result_tx.clone(),
                     stop: stop.clone(),
                     hard: hard.clone(),
                 }));
             }
             drop(permits);
-            if per_endpoint.len() > 1024 {
-                let cap = self.config.per_endpoint_concurrency;
-                per_endpoint.retain(|_, s| s.available_permits() < cap);
-            }
             if !full {
                 // Nothing more is due: wait for an enqueue or the next retry time.
                 tokio::select! {
@@ -168,8 +155,10 @@ impl Worker {
     }
 
     async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, WebhookError> {
-        let client = self.pool.get().await?;
-        Ok(deliveries::claim(&**client, limit, self.config.lease.as_secs_f64()).await?)
+        let mut client = self.pool.get().await?;
+        let per_endpoint = self.config.per_endpoint_concurrency as i64;
+        let lease = self.config.lease.as_secs_f64();
+        Ok(deliveries::claim(&mut client, limit, per_endpoint, lease).await?)
     }
 }
 
@@ -195,13 +184,10 @@ async fn report_depth(pool: Pool, stop: CancellationToken) {
 /// Everything one delivery task owns.
 struct Delivery {
     d: Claimed,
-    claimed_at: Instant,
     /// A slot of the overall cap, held for the whole task.
     slot: OwnedSemaphorePermit,
-    endpoint_slots: Arc<Semaphore>,
     sender: Arc<Sender>,
     schedule: Arc<Schedule>,
-    config: WebhookConfig,
     result_tx: mpsc::Sender<Outcome>,
     stop: CancellationToken,
     hard: CancellationToken,
@@ -210,12 +196,9 @@ struct Delivery {
 async fn deliver(job: Delivery) {
     let Delivery {
         d,
-        claimed_at,
         slot,
-        endpoint_slots,
         sender,
         schedule,
-        config,
         result_tx,
         stop,
         hard,
@@ -224,19 +207,10 @@ async fn deliver(job: Delivery) {
         id: d.id,
         lease: d.lease,
     };
-    // Wait for the endpoint's cap only as long as the lease still covers a full request.
-    let budget = config
-        .lease
-        .saturating_sub(config.timeout + Duration::from_secs(1))
-        .saturating_sub(claimed_at.elapsed());
-    let endpoint_slot = tokio::select! {
-        _ = stop.cancelled() => None,
-        p = tokio::time::timeout(budget, endpoint_slots.acquire_owned()) => p.ok().and_then(Result::ok),
-    };
-    let Some(endpoint_slot) = endpoint_slot else {
+    if stop.is_cancelled() {
         let _ = result_tx.send(release).await;
         return;
-    };
+    }
     let attempted_at = time::OffsetDateTime::now_utc();
     let started = Instant::now();
     metrics::gauge!("rowcast_webhook_in_flight").increment(1.0);
@@ -245,7 +219,6 @@ async fn deliver(job: Delivery) {
         _ = hard.cancelled() => None,
     };
     metrics::gauge!("rowcast_webhook_in_flight").decrement(1.0);
-    drop(endpoint_slot);
     let Some(sent) = sent else {
         let _ = result_tx.send(release).await;
         return;
@@ -279,6 +252,7 @@ fn classify(
         outcome: AttemptOutcome::Delivered,
         error: None,
         response: None,
+        private: None,
         status: DeliveryStatus::Delivered,
         tries,
         retry_in: None,
@@ -289,9 +263,11 @@ fn classify(
             status,
             retry_after,
             body,
+            private,
         } => {
             result.status_code = Some(i32::from(status));
             result.response = Some(body);
+            result.private = Some(private);
             if (200..300).contains(&status) {
                 return Outcome::Attempted { result, gone };
             }

@@ -9,6 +9,7 @@ use rowcast::Settings as Config;
 use serde_json::{Value, json};
 
 mod crash;
+mod fairness;
 mod retries;
 mod routing;
 mod ssrf;

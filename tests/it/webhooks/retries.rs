@@ -32,13 +32,33 @@ async fn failing_receiver_gets_the_delivery_on_the_third_attempt() {
     assert_eq!(codes, vec![&json!(500), &json!(500), &json!(200)]);
     let outcomes: Vec<&str> = log.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, vec!["retry", "retry", "delivered"]);
+    // The receiver is on 127.0.0.1, reached only through the allow-list: its owner sees
+    // status codes and timing but not the bodies; an admin sees them.
+    for a in log {
+        assert_eq!(a["response"], Value::Null, "{a}");
+        assert_eq!(a["response_withheld"], "private_address", "{a}");
+        assert!(a["duration_ms"].as_i64().is_some(), "{a}");
+    }
+    let (s, d) = api
+        .get(
+            &format!("/api/webhook/deliveries/{id}"),
+            &server.token("2", "admin"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let log = d["attempt_log"].as_array().unwrap();
     assert!(
         log[0]["response"]
             .as_str()
             .unwrap()
-            .contains("failing on purpose")
+            .contains("failing on purpose"),
+        "{d}"
     );
-    assert!(log[0]["duration_ms"].as_i64().is_some());
+    assert_eq!(log[2]["response"], "ok", "{d}");
+    assert!(
+        log.iter().all(|a| a.get("response_withheld").is_none()),
+        "{d}"
+    );
     let (_, list) = api
         .get("/api/webhook/deliveries?status=delivered", &carl)
         .await;
