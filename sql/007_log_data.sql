@@ -74,9 +74,12 @@ BEGIN
   ELSE
     SELECT count(*), min(c.id), max(c.id), min(c.at) INTO n, lo, hi, oldest
       FROM rowcast.changes c
-     WHERE c.seq IS NULL AND c.txid < pg_catalog.pg_snapshot_xmax(cur)
-       AND (c.txid >= pg_catalog.pg_snapshot_xmax(prev)
-            OR c.txid = ANY (ARRAY(SELECT pg_catalog.pg_snapshot_xip(prev))))
+     -- Every transaction below xmin(prev) had ended when prev was taken: visible in prev
+     -- if it committed. So the new ones lie in [xmin(prev), xmax(cur)): an index range,
+     -- however long the log.
+     WHERE c.seq IS NULL
+       AND c.txid >= pg_catalog.pg_snapshot_xmin(prev)
+       AND c.txid < pg_catalog.pg_snapshot_xmax(cur)
        AND pg_catalog.pg_visible_in_snapshot(c.txid, cur)
        AND NOT pg_catalog.pg_visible_in_snapshot(c.txid, prev);
   END IF;
