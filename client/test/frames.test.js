@@ -363,6 +363,7 @@ test('/ws: the client reconnects the right way after every close code of the fix
     4008: { freshToken: false },
     4401: { freshToken: true },
     1011: { freshToken: false },
+    1009: { freshToken: false },
   };
   const codes = Object.fromEntries(Object.keys(FIXTURE.ws.close_codes).map((code) => [code, async (entry) => {
     assert.ok(expect[code], `no expectation for close code ${code}`);
