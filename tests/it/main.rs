@@ -22,4 +22,5 @@ mod schema;
 mod slow;
 mod socketio;
 mod tls;
+mod tokens;
 mod webhooks;
