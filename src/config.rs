@@ -245,6 +245,7 @@ impl Settings {
         if self.pool_size < 2 {
             problems.push("pool_size must be at least 2".into());
         }
+        problems.extend(self.http.problems());
         problems.extend(self.capture.problems());
         problems.extend(self.hub.problems());
         problems.extend(self.webhook.problems());
@@ -379,5 +380,16 @@ mod tests {
             .insert("user:1".into(), RoomConfig { roles: vec![] });
         let ConfigError::Invalid(p) = c.validate().unwrap_err();
         assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        let mut c = Settings::default();
+        c.http.header_read_timeout = Duration::ZERO;
+        c.http.max_connections = 0;
+        let ConfigError::Invalid(p) = c.validate().unwrap_err();
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(p[0].contains("http.header_read_timeout"), "{p:#?}");
+        assert!(p[1].contains("http.max_connections"), "{p:#?}");
     }
 }

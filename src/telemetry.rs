@@ -102,6 +102,14 @@ fn describe_metrics() {
         "Open client sessions, by transport (websocket, socketio, sse)."
     );
     describe_gauge!(
+        "rowcast_connections_open",
+        "Open TCP connections to the HTTP listener, upgraded WebSockets included."
+    );
+    describe_counter!(
+        "rowcast_connections_refused_total",
+        "Connections or handshakes answered 503, by reason (max_connections)."
+    );
+    describe_gauge!(
         "rowcast_joined_rooms",
         "Room memberships over all sessions, not counting each user's private room."
     );
@@ -170,6 +178,8 @@ fn describe_metrics() {
         metrics::gauge!("rowcast_connections", "transport" => transport).increment(0.0);
     }
     metrics::gauge!("rowcast_joined_rooms").increment(0.0);
+    metrics::counter!("rowcast_connections_refused_total", "reason" => "max_connections")
+        .increment(0);
     metrics::counter!("rowcast_slow_client_disconnects_total").increment(0);
     metrics::counter!("rowcast_capture_errors_total").increment(0);
     metrics::counter!("rowcast_changes_pruned_total").increment(0);

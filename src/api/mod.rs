@@ -31,6 +31,25 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// Largest request body accepted by the API.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers (from the moment the
+    /// connection is opened or the previous response was sent) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open TCP connections (WebSockets included) beyond which new ones get a 503.
+    pub max_connections: usize,
+}
+
+impl HttpConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.header_read_timeout.is_zero() {
+            problems.push("http.header_read_timeout must be longer than 0s".into());
+        }
+        if self.max_connections == 0 {
+            problems.push("http.max_connections must be at least 1".into());
+        }
+        problems
+    }
 }
 
 impl Default for HttpConfig {
@@ -38,6 +57,8 @@ impl Default for HttpConfig {
         HttpConfig {
             cors_origins: vec!["*".into()],
             max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
         }
     }
 }

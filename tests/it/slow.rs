@@ -101,3 +101,111 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_never_delays_others
     );
     server.stop().await;
 }
+
+/// Reads until the server closes the connection (EOF or reset) and returns what it sent,
+/// or `None` if it is still open after `within`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|_| got)
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_headers_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (_db, server) = support::start_with(|c| {
+        c.http.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let started = Instant::now();
+    // A partial request line, and one that sends nothing at all.
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    partial.write_all(b"GET /healthz HT").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for tcp in [&mut partial, &mut silent] {
+        assert!(
+            closed_within(tcp, Duration::from_secs(5)).await.is_some(),
+            "the connection is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+
+    // A client that sends its request in time is served as before.
+    let mut ok = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut ok, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_get_503_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let (_db, server) = support::start_with(|c| {
+        c.http.max_connections = 5;
+    })
+    .await;
+    // Five open connections, one of them an upgraded WebSocket (it keeps its slot).
+    let token = server.token("1", "agent");
+    let (mut ws, _welcome) = WsClient::connect(&server.ws_url(&format!("token={token}"))).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Let the server accept them all before the sixth.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sixth = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let answer = closed_within(&mut sixth, Duration::from_secs(5))
+        .await
+        .expect("the sixth connection is answered and closed");
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+
+    // One closes: a new connection is served again.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    again
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut again, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("rowcast_connections_refused_total{reason=\"max_connections\"}"),
+        "{answer}"
+    );
+    // (The gauge is the process's: other tests' servers share it.)
+    assert!(answer.contains("rowcast_connections_open "), "{answer}");
+    // The WebSocket still works.
+    ws.join("tickets").await;
+    server.stop().await;
+}
