@@ -1,12 +1,13 @@
 //! Accepts TCP connections and serves HTTP/1.1 on them with the limits of `[http]`: a
-//! deadline for a request's headers (`header_read_timeout`) and a ceiling on open
-//! connections (`max_connections`). WebSocket upgrades (`/ws`, Socket.IO) keep their
-//! connection's slot until the socket closes.
+//! deadline for a request's headers (`header_read_timeout`), a ceiling on open
+//! connections (`max_connections`) and a limit on silence (`idle_timeout`: no byte read or
+//! written). WebSocket upgrades (`/ws`, Socket.IO) keep their connection's slot until the
+//! socket closes; their liveness is the hub's pings, not `idle_timeout`.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +42,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     let max = config.max_connections;
+    let idle = config.idle_timeout;
     loop {
         let tcp = tokio::select! {
             biased;
@@ -69,21 +72,39 @@ pub async fn serve(
             connections.spawn(refuse(tcp));
             continue;
         };
-        let io = TokioIo::new(Counted { tcp, _slot: slot });
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Counted {
+            tcp,
+            activity: activity.clone(),
+            _slot: slot,
+        });
         let service = TowerToHyperService::new(app.clone());
         let conn = builder.serve_connection(io, service).with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let mut draining = false;
+            // The connection future ends when the connection closes or is upgraded (the
+            // WebSocket then owns the stream): only HTTP is subject to `idle_timeout`.
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = shutdown.cancelled(), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tokio::time::sleep_until(activity.last() + idle) => {
+                        if activity.last() + idle <= Instant::now() {
+                            timed_out("idle");
+                            return;
+                        }
+                    }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match result {
+                Err(e) if e.is_timeout() => timed_out("header_read"),
+                Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+                Ok(()) => {}
             }
         });
     }
@@ -91,6 +112,13 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// A connection closed by one of our deadlines: `header_read` (no complete request head in
+/// `header_read_timeout`) or `idle` (nothing read or written in `idle_timeout`).
+fn timed_out(reason: &'static str) {
+    metrics::counter!("rowcast_connections_timed_out_total", "reason" => reason).increment(1);
+    tracing::debug!(reason, "connection closed: timed out");
 }
 
 /// Errors of one connection (the client went away before we accepted it): not the
@@ -137,10 +165,34 @@ impl Drop for Slot {
     }
 }
 
-/// The TCP stream with its slot: hyper hands the stream to an upgraded WebSocket, so the
-/// slot is released only when the socket itself is dropped.
+/// When a connection last read or wrote a byte.
+struct Activity {
+    opened: Instant,
+    /// Milliseconds after `opened`.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The TCP stream with its slot and its activity: hyper hands the stream to an upgraded
+/// WebSocket, so the slot is released only when the socket itself is dropped.
 struct Counted {
     tcp: TcpStream,
+    activity: Arc<Activity>,
     _slot: Slot,
 }
 
@@ -150,7 +202,12 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
     }
 }
 
@@ -160,7 +217,13 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.activity.touch();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_flush(cx)
@@ -173,7 +236,13 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.activity.touch();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.tcp.is_write_vectored()

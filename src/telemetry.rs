@@ -109,6 +109,10 @@ fn describe_metrics() {
         "rowcast_connections_refused_total",
         "Connections or handshakes answered 503, by reason (max_connections)."
     );
+    describe_counter!(
+        "rowcast_connections_timed_out_total",
+        "Connections closed by a deadline, by reason (header_read, idle)."
+    );
     describe_gauge!(
         "rowcast_joined_rooms",
         "Room memberships over all sessions, not counting each user's private room."

@@ -37,11 +37,23 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Open TCP connections (WebSockets included) beyond which new ones get a 503.
     pub max_connections: usize,
+    /// A connection still speaking HTTP (not upgraded) that reads and writes nothing this
+    /// long is closed. Longer than `hub.ping_interval` (engine.io long-polls last that long).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl HttpConfig {
-    pub fn problems(&self) -> Vec<String> {
+    /// `ping_interval` is the hub's: a long-poll waits that long for its answer.
+    pub fn problems(&self, ping_interval: Duration) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.idle_timeout <= ping_interval {
+            problems.push(format!(
+                "http.idle_timeout ({}) must be longer than hub.ping_interval ({})",
+                humantime::format_duration(self.idle_timeout),
+                humantime::format_duration(ping_interval)
+            ));
+        }
         if self.header_read_timeout.is_zero() {
             problems.push("http.header_read_timeout must be longer than 0s".into());
         }
@@ -59,6 +71,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -209,3 +209,46 @@ async fn connections_beyond_max_connections_get_503_until_one_closes() {
     ws.join("tickets").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_stalls_after_its_headers_is_closed_when_idle() {
+    use tokio::io::AsyncWriteExt;
+    let (_db, server) = support::start_with(|c| {
+        c.hub.ping_interval = Duration::from_millis(500);
+        c.http.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let token = server.token("1", "agent");
+    // A whole request head (so the header-read timeout is satisfied), then half the body
+    // the handler waits for, then silence.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let body = r#"{"url":"https://example.com/hook"}"#;
+    let head = format!(
+        "PUT /api/webhook HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let started = Instant::now();
+    let answer = closed_within(&mut tcp, Duration::from_secs(8))
+        .await
+        .expect("the silent connection is closed");
+    let took = started.elapsed();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        took >= Duration::from_millis(1800),
+        "closed before idle_timeout: {took:?}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rowcast_connections_timed_out_total{reason=\"idle\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
