@@ -388,8 +388,10 @@ mod tests {
         c.http.header_read_timeout = Duration::ZERO;
         c.http.max_connections = 0;
         c.http.idle_timeout = c.hub.ping_interval;
+        c.http.max_pending_socketio = 0;
+        c.http.socketio_connect_timeout = Duration::ZERO;
         let ConfigError::Invalid(p) = c.validate().unwrap_err();
-        assert_eq!(p.len(), 3, "{p:#?}");
+        assert_eq!(p.len(), 5, "{p:#?}");
         assert!(p[0].contains("http.idle_timeout"), "{p:#?}");
         assert!(p[1].contains("http.header_read_timeout"), "{p:#?}");
         assert!(p[2].contains("http.max_connections"), "{p:#?}");

@@ -265,7 +265,8 @@ async fn shut_down(
 fn router(state: AppState, config: &Config) -> Router {
     let cors = cors_layer(&config.http.cors_origins);
     let body_limit = config.http.max_body_bytes;
-    let socketio = transport::socketio::layer(state.clone());
+    let socketio = transport::socketio::layer(state.clone(), config.http.socketio_connect_timeout);
+    let pending = transport::socketio::Pending::new(&config.http);
     Router::new()
         .merge(api::routes())
         .merge(crate::console::routes())
@@ -277,6 +278,10 @@ fn router(state: AppState, config: &Config) -> Router {
         .layer(socketio)
         .layer(axum::middleware::map_request(
             transport::socketio::own_request_head,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            pending,
+            transport::socketio::admit,
         ))
         .layer(cors)
         .with_state(state)

@@ -107,7 +107,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "rowcast_connections_refused_total",
-        "Connections or handshakes answered 503, by reason (max_connections)."
+        "Connections or handshakes answered 503, by reason (max_connections, pending_socketio)."
     );
     describe_counter!(
         "rowcast_connections_timed_out_total",

@@ -41,6 +41,13 @@ pub struct HttpConfig {
     /// long is closed. Longer than `hub.ping_interval` (engine.io long-polls last that long).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// engine.io sessions that may wait for their authenticated Socket.IO connect at once;
+    /// beyond it new handshakes get a 503.
+    pub max_pending_socketio: usize,
+    /// How long an engine.io session may wait for its Socket.IO connect before it is closed
+    /// (and its pending slot given back).
+    #[serde(with = "humantime_serde")]
+    pub socketio_connect_timeout: Duration,
 }
 
 impl HttpConfig {
@@ -60,6 +67,12 @@ impl HttpConfig {
         if self.max_connections == 0 {
             problems.push("http.max_connections must be at least 1".into());
         }
+        if self.max_pending_socketio == 0 {
+            problems.push("http.max_pending_socketio must be at least 1".into());
+        }
+        if self.socketio_connect_timeout.is_zero() {
+            problems.push("http.socketio_connect_timeout must be longer than 0s".into());
+        }
         problems
     }
 }
@@ -72,6 +85,8 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             idle_timeout: Duration::from_secs(60),
+            max_pending_socketio: 1_000,
+            socketio_connect_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -252,3 +252,70 @@ async fn a_connection_that_stalls_after_its_headers_is_closed_when_idle() {
     );
     server.stop().await;
 }
+
+/// Opens an engine.io session over polling: the status, and the sid when it opened.
+async fn eio_handshake(http: &str) -> (u16, Option<String>) {
+    let r = reqwest::get(format!("{http}/socket.io/?EIO=4&transport=polling"))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    let sid = body
+        .strip_prefix('0')
+        .and_then(|open| serde_json::from_str::<serde_json::Value>(open).ok())
+        .and_then(|v| v["sid"].as_str().map(String::from));
+    (status, sid)
+}
+
+#[tokio::test]
+async fn handshakes_beyond_max_pending_socketio_get_503_until_one_connects_or_expires() {
+    let (_db, server) = support::start_with(|c| {
+        c.http.max_pending_socketio = 2;
+        c.http.socketio_connect_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let http = server.http();
+    let (s1, sid1) = eio_handshake(&http).await;
+    let (s2, _) = eio_handshake(&http).await;
+    assert_eq!((s1, s2), (200, 200));
+    let (s3, _) = eio_handshake(&http).await;
+    assert_eq!(s3, 503, "the third pending handshake is refused");
+
+    // The first connects with a token: its slot is free again.
+    let sid1 = sid1.expect("an engine.io open packet");
+    let token = server.token("1", "agent");
+    let client = reqwest::Client::new();
+    let url = format!("{http}/socket.io/?EIO=4&transport=polling&sid={sid1}");
+    let posted = client
+        .post(&url)
+        .body(format!(r#"40{{"token":"{token}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 200);
+    let connected = client.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(
+        connected.split('\x1e').any(|p| p.starts_with("40{")),
+        "{connected}"
+    );
+    let (s4, _) = eio_handshake(&http).await;
+    assert_eq!(s4, 200, "an authenticated connect gives its slot back");
+    let (s5, _) = eio_handshake(&http).await;
+    assert_eq!(s5, 503);
+
+    // The others never connect: after the connect timeout their slots are free.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s6, _) = eio_handshake(&http).await;
+    assert_eq!(s6, 200, "an expired handshake gives its slot back");
+    let metrics = reqwest::get(format!("{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rowcast_connections_refused_total{reason=\"pending_socketio\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
