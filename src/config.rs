@@ -245,6 +245,7 @@ impl Settings {
         if self.pool_size < 2 {
             problems.push("pool_size must be at least 2".into());
         }
+        problems.extend(self.http.problems(self.hub.ping_interval));
         problems.extend(self.capture.problems());
         problems.extend(self.hub.problems());
         problems.extend(self.webhook.problems());
@@ -379,5 +380,20 @@ mod tests {
             .insert("user:1".into(), RoomConfig { roles: vec![] });
         let ConfigError::Invalid(p) = c.validate().unwrap_err();
         assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        let mut c = Settings::default();
+        c.http.header_read_timeout = Duration::ZERO;
+        c.http.max_connections = 0;
+        c.http.idle_timeout = c.hub.ping_interval;
+        c.http.max_pending_socketio = 0;
+        c.http.socketio_connect_timeout = Duration::ZERO;
+        let ConfigError::Invalid(p) = c.validate().unwrap_err();
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(p[0].contains("http.idle_timeout"), "{p:#?}");
+        assert!(p[1].contains("http.header_read_timeout"), "{p:#?}");
+        assert!(p[2].contains("http.max_connections"), "{p:#?}");
     }
 }

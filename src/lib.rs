@@ -20,6 +20,7 @@ pub mod demo;
 pub mod enrich;
 pub mod event;
 pub mod hub;
+pub mod listener;
 pub mod migrate;
 pub mod pgtemp;
 pub mod protocol;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -169,17 +168,9 @@ pub async fn run(
     let app = router(state, &config);
     tracing::info!(listen = %listener.local_addr()?, position = %start, "rowcast serving");
     let http_shutdown = shutdown.clone();
-    // TCP_NODELAY: an event written while the client has not yet acknowledged the previous
-    // one would otherwise wait for its delayed ACK (40 ms on Linux) under Nagle's algorithm;
-    // that was the p99 of the latency benchmark (docs/benchmarks.md).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-    let mut served = tokio::spawn(async move { server.await });
+    let http = config.http.clone();
+    let server = async move { crate::listener::serve(listener, app, &http, http_shutdown).await };
+    let mut served = tokio::spawn(server);
     // `biased`: the HTTP server also stops on `shutdown`, and when both are ready the
     // signal must win, or a normal shutdown would be taken for the server dying.
     let served_early = tokio::select! {
@@ -213,7 +204,7 @@ pub async fn run(
 }
 
 /// The shutdown sequence, all within one `shutdown_timeout`:
-/// 1. the listener stops accepting (axum's graceful shutdown watches the same token) and
+/// 1. the listener stops accepting (the accept loop watches the same token) and
 ///    `/readyz` answers 503;
 /// 2. sessions see the token and close (WebSocket 1001 "reconnect"); we wait until they
 ///    are gone, so no client is cut off mid-frame;
@@ -274,7 +265,8 @@ async fn shut_down(
 fn router(state: AppState, config: &Config) -> Router {
     let cors = cors_layer(&config.http.cors_origins);
     let body_limit = config.http.max_body_bytes;
-    let socketio = transport::socketio::layer(state.clone());
+    let socketio = transport::socketio::layer(state.clone(), config.http.socketio_connect_timeout);
+    let pending = transport::socketio::Pending::new(&config.http);
     Router::new()
         .merge(api::routes())
         .merge(crate::console::routes())
@@ -286,6 +278,10 @@ fn router(state: AppState, config: &Config) -> Router {
         .layer(socketio)
         .layer(axum::middleware::map_request(
             transport::socketio::own_request_head,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            pending,
+            transport::socketio::admit,
         ))
         .layer(cors)
         .with_state(state)

@@ -102,6 +102,18 @@ fn describe_metrics() {
         "Open client sessions, by transport (websocket, socketio, sse)."
     );
     describe_gauge!(
+        "rowcast_connections_open",
+        "Open TCP connections to the HTTP listener, upgraded WebSockets included."
+    );
+    describe_counter!(
+        "rowcast_connections_refused_total",
+        "Connections or handshakes answered 503, by reason (max_connections, pending_socketio)."
+    );
+    describe_counter!(
+        "rowcast_connections_timed_out_total",
+        "Connections closed by a deadline, by reason (header_read, idle)."
+    );
+    describe_gauge!(
         "rowcast_joined_rooms",
         "Room memberships over all sessions, not counting each user's private room."
     );
@@ -183,6 +195,8 @@ fn describe_metrics() {
         metrics::counter!("rowcast_event_encodings_total", "transport" => transport).increment(0);
     }
     metrics::gauge!("rowcast_joined_rooms").increment(0.0);
+    metrics::counter!("rowcast_connections_refused_total", "reason" => "max_connections")
+        .increment(0);
     metrics::counter!("rowcast_slow_client_disconnects_total").increment(0);
     metrics::counter!("rowcast_capture_errors_total").increment(0);
     metrics::counter!("rowcast_changes_pruned_total").increment(0);

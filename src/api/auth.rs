@@ -11,6 +11,11 @@ use serde_json::{Map, Value, json};
 
 use crate::event::User;
 
+/// Longest `sub` accepted, in bytes. Every transport works for any accepted `sub` (its
+/// private room `user:<sub>` is exempt from the room-name limit); a longer one is refused
+/// at verification with a 401 that says so, the same answer on every transport.
+pub const MAX_SUB_BYTES: usize = 1024;
+
 /// `Debug` redacts the secret.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -160,6 +165,9 @@ impl Authenticator {
         };
         let mut validation = Validation::new(alg);
         validation.leeway = c.leeway_secs;
+        // `nbf`, when present, is checked with the same leeway as `exp` (jsonwebtoken leaves
+        // it unchecked by default): a token issued for later is refused until then.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(aud) = &c.audience {
             validation.set_audience(&[aud]);
@@ -202,7 +210,13 @@ impl Authenticator {
         })?;
         let claims = data.claims;
         let sub = match claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
+            Some(Value::String(s)) if s.len() > MAX_SUB_BYTES => {
+                return Err(AuthError::Invalid(format!(
+                    "`sub` is {} bytes long; at most {MAX_SUB_BYTES} are accepted",
+                    s.len()
+                )));
+            }
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => {
                 return Err(AuthError::Invalid(
@@ -312,6 +326,57 @@ mod tests {
             .verify(&sign(json!({"sub": "2", "isAdmin": false, "exp": exp})))
             .unwrap();
         assert!(u.roles.is_empty());
+    }
+
+    fn sign(a: &Authenticator, claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            a.signer.as_ref().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_are_refused_within_the_leeway() {
+        let a = auth();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let early = sign(
+            &a,
+            json!({"sub": "1", "exp": now + 172_800, "nbf": now + 86_400}),
+        );
+        assert_eq!(
+            a.verify(&early).unwrap_err(),
+            AuthError::Invalid("token not valid yet".into())
+        );
+        // The default leeway (5 s) covers a clock a little behind the issuer's.
+        let skewed = sign(&a, json!({"sub": "1", "exp": now + 60, "nbf": now + 3}));
+        assert!(a.verify(&skewed).is_ok());
+        let past = sign(&a, json!({"sub": "1", "exp": now + 60, "nbf": now - 60}));
+        assert!(a.verify(&past).is_ok());
+    }
+
+    #[test]
+    fn sub_is_accepted_up_to_its_documented_length() {
+        let a = auth();
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
+        let long = "u".repeat(MAX_SUB_BYTES);
+        let u = a
+            .verify(&sign(&a, json!({"sub": long, "exp": exp})))
+            .unwrap();
+        assert_eq!(u.sub.len(), MAX_SUB_BYTES);
+        let over = "u".repeat(MAX_SUB_BYTES + 1);
+        let e = a
+            .verify(&sign(&a, json!({"sub": over, "exp": exp})))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid token: `sub` is 1025 bytes long; at most 1024 are accepted"
+        );
+        let e = a
+            .verify(&sign(&a, json!({"sub": "", "exp": exp})))
+            .unwrap_err();
+        assert!(e.to_string().contains("non-empty"), "{e}");
     }
 
     #[test]

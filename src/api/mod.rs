@@ -31,6 +31,50 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// Largest request body accepted by the API.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers (from the moment the
+    /// connection is opened or the previous response was sent) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open TCP connections (WebSockets included) beyond which new ones get a 503.
+    pub max_connections: usize,
+    /// A connection still speaking HTTP (not upgraded) that reads and writes nothing this
+    /// long is closed. Longer than `hub.ping_interval` (engine.io long-polls last that long).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// engine.io sessions that may wait for their authenticated Socket.IO connect at once;
+    /// beyond it new handshakes get a 503.
+    pub max_pending_socketio: usize,
+    /// How long an engine.io session may wait for its Socket.IO connect before it is closed
+    /// (and its pending slot given back).
+    #[serde(with = "humantime_serde")]
+    pub socketio_connect_timeout: Duration,
+}
+
+impl HttpConfig {
+    /// `ping_interval` is the hub's: a long-poll waits that long for its answer.
+    pub fn problems(&self, ping_interval: Duration) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.idle_timeout <= ping_interval {
+            problems.push(format!(
+                "http.idle_timeout ({}) must be longer than hub.ping_interval ({})",
+                humantime::format_duration(self.idle_timeout),
+                humantime::format_duration(ping_interval)
+            ));
+        }
+        if self.header_read_timeout.is_zero() {
+            problems.push("http.header_read_timeout must be longer than 0s".into());
+        }
+        if self.max_connections == 0 {
+            problems.push("http.max_connections must be at least 1".into());
+        }
+        if self.max_pending_socketio == 0 {
+            problems.push("http.max_pending_socketio must be at least 1".into());
+        }
+        if self.socketio_connect_timeout.is_zero() {
+            problems.push("http.socketio_connect_timeout must be longer than 0s".into());
+        }
+        problems
+    }
 }
 
 impl Default for HttpConfig {
@@ -38,6 +82,11 @@ impl Default for HttpConfig {
         HttpConfig {
             cors_origins: vec!["*".into()],
             max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            idle_timeout: Duration::from_secs(60),
+            max_pending_socketio: 1_000,
+            socketio_connect_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use crate::catalog::RoomConfig;
 use crate::event::User;
 
+/// Longest room name a client may ask for (its own user room excepted).
+pub const MAX_ROOM_NAME: usize = 200;
+
 /// Why a join was refused. The message is shown to the client as is.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum JoinError {
@@ -12,7 +15,7 @@ pub enum JoinError {
     UnknownRoom(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("a room name is 1 to 200 characters")]
+    #[error("a room name is 1 to {MAX_ROOM_NAME} characters")]
     BadName,
     #[error("a session may be in at most {0} rooms")]
     TooManyRooms(usize),
@@ -55,19 +58,19 @@ impl Acl {
         Acl { exact, prefixes }
     }
 
-    /// Whether `user` may join `room`.
+    /// Whether `user` may join `room`. The user's own `user:<sub>` room is exempt from the
+    /// name limit: its length is the token's (`auth::MAX_SUB_BYTES`), not the client's choice.
     pub fn check(&self, user: &User, room: &str) -> Result<(), JoinError> {
-        if room.is_empty() || room.len() > 200 {
+        if room.strip_prefix("user:") == Some(user.sub.as_str()) {
+            return Ok(());
+        }
+        if room.is_empty() || room.len() > MAX_ROOM_NAME {
             return Err(JoinError::BadName);
         }
-        if let Some(owner) = room.strip_prefix("user:") {
-            return if owner == user.sub {
-                Ok(())
-            } else {
-                Err(JoinError::Forbidden(
-                    "user rooms are private: you may only be in your own user room".into(),
-                ))
-            };
+        if room.starts_with("user:") {
+            return Err(JoinError::Forbidden(
+                "user rooms are private: you may only be in your own user room".into(),
+            ));
         }
         let roles = self.exact.get(room).or_else(|| {
             self.prefixes
@@ -137,6 +140,19 @@ mod tests {
             "unknown_room"
         );
         assert_eq!(acl.check(&agent, "").unwrap_err().code(), "bad_request");
+    }
+
+    #[test]
+    fn the_own_user_room_is_exempt_from_the_name_limit() {
+        let acl = Acl::new(&default_rooms());
+        let long = user(&"u".repeat(1024), "customer");
+        assert!(acl.check(&long, &long.room()).is_ok());
+        let other = format!("user:{}", "v".repeat(1024));
+        assert_eq!(acl.check(&long, &other).unwrap_err().code(), "bad_request");
+        assert_eq!(
+            acl.check(&long, &"t".repeat(201)).unwrap_err().code(),
+            "bad_request"
+        );
     }
 
     #[test]

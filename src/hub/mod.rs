@@ -32,7 +32,7 @@ pub use history::{History, HistoryFuture, HistoryPage, ResumeError};
 use queue::Queue;
 use rooms::Members;
 use session::Frames;
-pub use session::{Delivery, OtherUser, Scope, Session};
+pub use session::{Delivery, OtherUser, Refreshed, Scope, Session};
 
 /// Most rooms one session may be in.
 pub const MAX_ROOMS: usize = 100;
@@ -375,20 +375,38 @@ impl Hub {
     }
 
     /// New credentials for session `id` (a token refresh): later events are decided for
-    /// `user`, and its rooms index it by its new roles.
-    fn refresh(&self, id: SessionId, user: &User) {
+    /// `user`, its rooms index it by its new roles, and every room the new credentials may
+    /// not join is left (returned with the reason). Returns the position through which
+    /// events were decided for the old credentials.
+    fn refresh(&self, id: SessionId, user: &User) -> (Vec<(String, JoinError)>, Position) {
         let mut st = self.lock();
         let st = &mut *st;
+        let position = st.position;
         let Some(entry) = st.sessions.get_mut(&id) else {
-            return;
+            return (Vec::new(), position);
         };
         let old = std::mem::replace(&mut entry.user, user.clone());
+        let mut revoked = Vec::new();
+        entry.rooms.retain(|room| match self.acl.check(user, room) {
+            Ok(()) => true,
+            Err(e) => {
+                revoked.push((room.clone(), e));
+                false
+            }
+        });
         for room in &entry.rooms {
             if let Some(m) = st.rooms.get_mut(room) {
                 m.remove(id, &old);
                 m.insert(id, user);
             }
         }
+        let mut left = Vec::with_capacity(revoked.len());
+        for (room, e) in revoked {
+            st.remove_member(id, &old, &room);
+            left.push((room.to_string(), e));
+        }
+        left.sort_by(|a, b| a.0.cmp(&b.0));
+        (left, position)
     }
 
     fn rooms_of(&self, id: SessionId) -> Vec<String> {
@@ -522,5 +540,64 @@ mod tests {
         assert_eq!(hub.room_count(), 0, "no room entry is left behind");
         drop(session);
         assert_eq!(hub.session_count(), 0);
+    }
+
+    /// Deliveries queued before a token refresh are decided again for the new token: an
+    /// agents-only row and a row of a room the new role may not join never reach it.
+    #[test]
+    fn a_refresh_redecides_what_is_already_queued() {
+        let mut rooms = default_rooms();
+        rooms.insert(
+            "users".into(),
+            crate::catalog::RoomConfig {
+                roles: vec!["agent".into()],
+            },
+        );
+        let hub = Arc::new(Hub::new(
+            HubConfig::default(),
+            Acl::new(&rooms),
+            None,
+            Position::ZERO,
+        ));
+        let user = |role: &str| User {
+            sub: "3".into(),
+            roles: vec![role.into()],
+            exp: None,
+        };
+        let mut session = hub.open(user("agent"), Transport::WebSocket);
+        let (results, _) = session.join_many(&["tickets".into(), "users".into()]);
+        assert!(results.iter().all(|r| r.is_ok()));
+        let mut agents_only = event(1, "tickets");
+        agents_only.audience = crate::event::Audience {
+            roles: Arc::from(vec!["agent".to_string()]),
+            reach: crate::event::Reach::Nobody,
+        };
+        let mut own = event(2, "tickets");
+        own.audience = crate::event::Audience {
+            roles: Arc::from(vec!["agent".to_string()]),
+            reach: crate::event::Reach::user("3".into()),
+        };
+        hub.publish(vec![agents_only, own, event(3, "users")], Position(3));
+
+        let refreshed = session.refresh(user("customer")).unwrap();
+        let left: Vec<&str> = refreshed.left.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(left, ["users"]);
+        assert_eq!(session.rooms(), ["tickets", "user:3"]);
+        hub.publish(vec![event(4, "tickets")], Position(4));
+        let mut got = Vec::new();
+        let mut batch = Vec::new();
+        session.rx.take_into(&mut batch, 10);
+        for d in batch {
+            if let Some(d) = session.admit(d) {
+                got.push(d.event.seq.0);
+            }
+        }
+        assert_eq!(got, [2, 4]);
+        let other = User {
+            sub: "4".into(),
+            ..user("agent")
+        };
+        assert!(session.refresh(other).is_err());
+        assert_eq!(session.user.roles, ["customer"]);
     }
 }

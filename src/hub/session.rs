@@ -164,6 +164,21 @@ impl Delivery {
 #[error("a refreshed token must be for the same user")]
 pub struct OtherUser;
 
+/// What a token refresh changed: the rooms the new credentials may not be in, which the
+/// session has left, each with the reason the ACL gives.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    pub left: Vec<(String, JoinError)>,
+}
+
+/// Deliveries already queued when the credentials changed, decided for the old ones.
+struct Redecide {
+    /// Queued deliveries at or before this position were decided for the old credentials.
+    through: Position,
+    /// Rooms left at the refresh: their queued deliveries are dropped.
+    left: Vec<String>,
+}
+
 /// A client's membership in the hub. Dropping it leaves every room.
 pub struct Session {
     pub id: SessionId,
@@ -175,6 +190,7 @@ pub struct Session {
     /// Cancelled when the session fell too far behind and must close (4008).
     pub kicked: CancellationToken,
     opened_at: Position,
+    redecide: Option<Redecide>,
 }
 
 impl Session {
@@ -195,6 +211,7 @@ impl Session {
             rx,
             kicked,
             opened_at,
+            redecide: None,
         }
     }
 
@@ -227,14 +244,50 @@ impl Session {
         self.hub.rooms_of(self.id)
     }
 
-    /// Replaces the session's credentials after a token refresh (same `sub` only).
-    pub fn refresh(&mut self, user: User) -> Result<(), OtherUser> {
+    /// Replaces the session's credentials after a token refresh (same `sub` only; a token
+    /// for another user is refused and changes nothing). Every joined room is checked again
+    /// against the new credentials and left if they may not join it; rows are decided for the
+    /// new credentials from now on, including deliveries already queued ([`Session::admit`]).
+    /// The one refresh rule of every transport.
+    pub fn refresh(&mut self, user: User) -> Result<Refreshed, OtherUser> {
         if user.sub != self.user.sub {
             return Err(OtherUser);
         }
-        self.hub.refresh(self.id, &user);
+        let (left, through) = self.hub.refresh(self.id, &user);
         self.user = user;
-        Ok(())
+        let mut rooms: Vec<String> = left.iter().map(|(r, _)| r.clone()).collect();
+        if let Some(previous) = self.redecide.take() {
+            rooms.extend(previous.left);
+            rooms.sort();
+            rooms.dedup();
+        }
+        self.redecide = Some(Redecide {
+            through,
+            left: rooms,
+        });
+        Ok(Refreshed { left })
+    }
+
+    /// A live delivery as this session receives it now: the same delivery, unless it was
+    /// queued before a token refresh, in which case it is decided again for the current
+    /// credentials (dropped when they may not see the row or left its room).
+    pub fn admit(&mut self, d: Delivery) -> Option<Delivery> {
+        match &self.redecide {
+            Some(r) if d.event.seq <= r.through => {
+                if r.left.iter().any(|room| room == d.room()) {
+                    return None;
+                }
+                let view = d.event.view(&self.user)?;
+                Some(Delivery::new(d.event, d.room, view, d.frames))
+            }
+            Some(_) => {
+                // The queue is in log order: everything decided for the old credentials
+                // has gone by.
+                self.redecide = None;
+                Some(d)
+            }
+            None => Some(d),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ mod notice;
 mod resume;
 
 pub use frames::{ClientFrame, FrameError, rooms_arg};
-pub use notice::{CloseReason, ErrorCode, Notice, RESUME_FAILED, Resync};
+pub use notice::{CloseReason, ErrorCode, LeftReason, Notice, RESUME_FAILED, Resync};
 pub use resume::{CATCH_UP_PAGE, CatchUp, Resume};
 
 /// Whether a transport's session loop goes on after handling something.

@@ -95,9 +95,15 @@ pub enum Notice<'a> {
         seq: Position,
         id: Option<&'a Value>,
     },
+    /// A room was left: on the client's `leave` (no `reason`), or by the server with a
+    /// [`LeftReason`] and a message saying why.
     Left {
         room: &'a str,
         id: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<LeftReason>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
     },
     Error {
         code: ErrorCode,
@@ -123,6 +129,15 @@ impl Notice<'_> {
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("notices always serialize")
     }
+}
+
+/// Why the server took a session out of a room (`left` frame's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftReason {
+    /// A token refresh gave credentials that may not join the room (`access_revoked`): the
+    /// session stays open in its other rooms; rejoining is refused until a token that may.
+    AccessRevoked,
 }
 
 /// What a client whose missed events could not be loaded is told (before the close).
@@ -212,6 +227,20 @@ mod tests {
         assert_eq!(
             v,
             json!({"type": "joined", "room": "tickets", "seq": "3", "id": 7})
+        );
+        let v: Value = serde_json::from_str(
+            &Notice::Left {
+                room: "tickets",
+                id: None,
+                reason: Some(LeftReason::AccessRevoked),
+                message: Some("m"),
+            }
+            .to_text(),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "left", "room": "tickets", "id": null, "reason": "access_revoked", "message": "m"})
         );
         let r = Resync::new(Position(1), Position(5), Position(9), vec!["kb".into()]);
         let v: Value = serde_json::from_str(&Notice::ResyncRequired(&r).to_text()).unwrap();

@@ -22,7 +22,7 @@ use crate::api::{ApiError, AppState};
 use crate::event::Position;
 use crate::hub::{Delivery, ResumeError, Scope, Session, Transport};
 use crate::protocol::{
-    CatchUp, ClientFrame, CloseReason, ErrorCode, Flow, Notice, RESUME_FAILED, Resume,
+    CatchUp, ClientFrame, CloseReason, ErrorCode, Flow, LeftReason, Notice, RESUME_FAILED, Resume,
 };
 
 /// A write that takes longer than this means the client is gone or stalled.
@@ -207,6 +207,9 @@ impl Conn {
         let mut frames = Vec::with_capacity(batch.len());
         let mut last = None;
         for d in batch {
+            let Some(d) = self.session.admit(d) else {
+                continue;
+            };
             if self.resume.is_new(d.event.seq) {
                 frames.push(shared_event_frame(&d));
                 last = Some(d.event.seq);
@@ -246,6 +249,8 @@ impl Conn {
                     let left = Notice::Left {
                         room: &room,
                         id: id.as_ref(),
+                        reason: None,
+                        message: None,
                     };
                     if !self.send_notice(left.to_text()).await {
                         return Flow::Stop;
@@ -258,19 +263,33 @@ impl Conn {
                     Ok(user) => self.session.refresh(user).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
-                match refreshed {
-                    Ok(()) => {
-                        let done = Notice::Authenticated {
-                            expires_at: self.session.user.exp,
-                            id: id.as_ref(),
-                        };
-                        Flow::from_sent(self.send_notice(done.to_text()).await)
-                    }
+                let refreshed = match refreshed {
+                    Ok(r) => r,
                     Err(e) => {
-                        self.send_error(ErrorCode::Unauthorized, &e, None, id.as_ref())
-                            .await
+                        return self
+                            .send_error(ErrorCode::Unauthorized, &e, None, id.as_ref())
+                            .await;
+                    }
+                };
+                // Rooms the new token may not be in are left first, then the refresh is
+                // confirmed: after `authenticated`, nothing of those rooms arrives.
+                for (room, why) in &refreshed.left {
+                    self.resume.forget(room);
+                    let left = Notice::Left {
+                        room,
+                        id: id.as_ref(),
+                        reason: Some(LeftReason::AccessRevoked),
+                        message: Some(&why.to_string()),
+                    };
+                    if !self.send_notice(left.to_text()).await {
+                        return Flow::Stop;
                     }
                 }
+                let done = Notice::Authenticated {
+                    expires_at: self.session.user.exp,
+                    id: id.as_ref(),
+                };
+                Flow::from_sent(self.send_notice(done.to_text()).await)
             }
             ClientFrame::Ping { id } => {
                 let pong = Notice::Pong {

@@ -23,4 +23,5 @@ mod schema;
 mod slow;
 mod socketio;
 mod tls;
+mod tokens;
 mod webhooks;

@@ -8,6 +8,7 @@
 //! right before the server disconnects a socket (too slow, token expired, resume failed).
 
 mod head;
+mod pending;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use crate::protocol::{CatchUp, CloseReason, ErrorCode, Flow, Resume, Resync, roo
 use crate::recovery::{Outcome, Recovery};
 
 pub use head::own_request_head;
+pub use pending::{Pending, admit};
 
 /// Where Socket.IO is served (socketioxide's default, set explicitly for
 /// [`own_request_head`]).
@@ -67,11 +69,12 @@ pub enum ConnectError {
 
 /// The Socket.IO layer for the server's router. Closes every Socket.IO connection (the
 /// clients see a transport close and reconnect on their own) when `app.shutdown` fires.
-pub fn layer(app: AppState) -> SocketIoLayer {
+pub fn layer(app: AppState, connect_timeout: Duration) -> SocketIoLayer {
     let hub = app.hub.config().clone();
     let (layer, io) = SocketIo::builder()
         .with_state(app.clone())
         .req_path(PATH)
+        .connect_timeout(connect_timeout)
         .ping_interval(hub.ping_interval)
         .ws_read_buffer_size(WS_READ_BUFFER)
         // Clients only send small join/leave requests.
@@ -282,6 +285,10 @@ async fn on_connect(
 ) {
     let prepared = slot.0.lock().unwrap_or_else(|p| p.into_inner()).take();
     socket.extensions.remove::<PreparedSlot>();
+    // Authenticated: the handshake no longer counts as pending (`http.max_pending_socketio`).
+    if let Some(pending) = socket.req_parts().extensions.get::<pending::PendingSlot>() {
+        pending.release();
+    }
     let Some(p) = prepared else { return };
     Conn {
         socket,
