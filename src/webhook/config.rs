@@ -60,7 +60,7 @@ impl Default for WebhookConfig {
             connect_timeout: Duration::from_secs(5),
             allow_cidrs: Vec::new(),
             concurrency: 64,
-            per_endpoint_concurrency: 16,
+            per_endpoint_concurrency: 32,
             secret_grace: Duration::from_secs(24 * 3600),
             max_retry_after: Duration::from_secs(3600),
             lease: Duration::from_secs(45),

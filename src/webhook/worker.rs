@@ -61,10 +61,20 @@ impl Worker {
     pub async fn run(self, stop: CancellationToken, grace: Duration) {
         let (result_tx, result_rx) = mpsc::channel::<Outcome>(4096);
         let hard = CancellationToken::new();
-        let writer = tokio::spawn(write_results(self.pool.clone(), result_rx, hard.clone()));
+        // Results stored free their endpoints' leases: the claim loop tries again then, not
+        // only on an enqueue or after `poll_interval` (a claim bounded by
+        // `per_endpoint_concurrency` takes less than it has slots for).
+        let stored = Arc::new(Notify::new());
+        let writer = tokio::spawn(write_results(
+            self.pool.clone(),
+            result_rx,
+            hard.clone(),
+            stored.clone(),
+        ));
         let depth = tokio::spawn(report_depth(self.pool.clone(), stop.clone()));
         let tasks = TaskTracker::new();
-        self.claim_loop(&stop, &hard, &tasks, &result_tx).await;
+        self.claim_loop(&stop, &hard, &tasks, &result_tx, &stored)
+            .await;
         drop(result_tx);
         tasks.close();
         let in_flight = tasks.len();
@@ -91,6 +101,7 @@ impl Worker {
         hard: &CancellationToken,
         tasks: &TaskTracker,
         result_tx: &mpsc::Sender<Outcome>,
+        stored: &Notify,
     ) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let schedule = Arc::new(Schedule::new(
@@ -144,10 +155,12 @@ impl Worker {
             }
             drop(permits);
             if !full {
-                // Nothing more is due: wait for an enqueue or the next retry time.
+                // Nothing more is due (or its endpoints are at their bound): wait for an
+                // enqueue, stored results (leases freed) or the next retry time.
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = self.wake.notified() => {}
+                    _ = stored.notified() => {}
                     _ = tokio::time::sleep(self.config.poll_interval) => {}
                 }
             }
@@ -303,7 +316,12 @@ fn classify(
 /// Stores results in batches until every sender is gone. A failed write is retried (the
 /// deliveries stay leased meanwhile) until `hard` stop; after that it is dropped and the
 /// leases run out, so the deliveries are sent again: at least once.
-async fn write_results(pool: Pool, mut rx: mpsc::Receiver<Outcome>, hard: CancellationToken) {
+async fn write_results(
+    pool: Pool,
+    mut rx: mpsc::Receiver<Outcome>,
+    hard: CancellationToken,
+    stored: Arc<Notify>,
+) {
     let mut buf = Vec::with_capacity(512);
     while rx.recv_many(&mut buf, 512).await > 0 {
         let mut results = Vec::new();
@@ -334,7 +352,10 @@ async fn write_results(pool: Pool, mut rx: mpsc::Receiver<Outcome>, hard: Cancel
             }
             .await;
             match written {
-                Ok(()) => break,
+                Ok(()) => {
+                    stored.notify_one();
+                    break;
+                }
                 Err(e) if hard.is_cancelled() => {
                     tracing::warn!(error = %e, results = results.len(), "dropping webhook results at shutdown; their leases will run out and they will be sent again");
                     break;
