@@ -67,10 +67,15 @@ pub fn header() {
 }
 
 pub fn row(o: &Outcome) {
+    row_named(o.via.name(), o);
+}
+
+/// [`row`] with `name` in the first column (e.g. which server ran).
+pub fn row_named(name: &str, o: &Outcome) {
     let l = &o.lat;
     println!(
         "| {} | {} | {} | {} | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
-        o.via.name(),
+        name,
         o.clients,
         o.rate,
         o.expected,

@@ -82,24 +82,7 @@ fn header() {
 }
 
 fn row(r: &Run) {
-    let (o, l) = (&r.o, &r.o.lat);
-    println!(
-        "| {} | {} | {} | {} | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
-        r.side.name(),
-        o.clients,
-        o.rate,
-        o.expected,
-        o.delivered,
-        o.delivered as f64 / o.expected.max(1) as f64,
-        setup::percentile(l, 0.5),
-        setup::percentile(l, 0.9),
-        setup::percentile(l, 0.99),
-        l.last().copied().unwrap_or(f64::NAN),
-        o.rowcast_cpu / o.seconds.max(1) as f64 * 100.0,
-        o.client_cpu / o.seconds.max(1) as f64 * 100.0,
-        o.rss_mb,
-        setup::load_avg(),
-    );
+    latency::row_named(r.side.name(), &r.o);
 }
 
 /// Every side at one load, one table.

@@ -558,12 +558,7 @@ async fn a_rule_that_fails_for_one_row_withholds_only_that_row() {
         agent.insert(ada.next_event().await["payload"]["id"].as_i64().unwrap());
     }
     assert_eq!(agent, BTreeSet::from([1, 3]), "the agent gets both");
-    let metrics = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&server.http()).await;
     assert!(
         metrics
             .lines()

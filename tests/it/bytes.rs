@@ -222,20 +222,7 @@ async fn a_client_that_stops_reading_large_rows_is_closed_after_its_queue_bytes(
     .await;
     let token = server.token("1", "agent");
     let url = server.ws_url(&format!("token={token}"));
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let (stream, _) = tokio_tungstenite::client_async(
-        url.as_str(),
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-    )
-    .await
-    .expect("WebSocket connect");
-    let mut slow = WsClient {
-        stream,
-        closed: None,
-    };
-    assert_eq!(slow.next_json().await.unwrap()["type"], "welcome");
+    let mut slow = WsClient::connect_small_buffer(server.addr, &url).await;
     slow.join("kb").await;
 
     const ROWS: i32 = 300;

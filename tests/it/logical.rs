@@ -279,12 +279,7 @@ async fn logical_capture_writes_a_large_transaction_in_chunks() {
         )
         .await;
     assert_eq!(out_of_order, 0, "per row: the insert first, in seq order");
-    let metrics = reqwest::get(format!("{}/metrics", rc.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&rc.http()).await;
     assert!(
         metrics.contains("rowcast_capture_large_transactions_total 1"),
         "the transaction was written in chunks: {}",

@@ -26,20 +26,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_never_delays_others
 
     // The slow client joins, then never reads again (until the end). A small receive
     // buffer, so that the kernel does not absorb megabytes on its behalf.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let (stream, _) = tokio_tungstenite::client_async(
-        url.as_str(),
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-    )
-    .await
-    .expect("WebSocket connect");
-    let mut slow = WsClient {
-        stream,
-        closed: None,
-    };
-    assert_eq!(slow.next_json().await.unwrap()["type"], "welcome");
+    let mut slow = WsClient::connect_small_buffer(server.addr, &url).await;
     slow.join("tickets").await;
     let (mut fast, _) = WsClient::connect(&url).await;
     fast.join("tickets").await;
@@ -240,12 +227,7 @@ async fn a_connection_that_stalls_after_its_headers_is_closed_when_idle() {
         took >= Duration::from_millis(1800),
         "closed before idle_timeout: {took:?}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&server.http()).await;
     assert!(
         metrics.contains("rowcast_connections_timed_out_total{reason=\"idle\"}"),
         "{metrics}"
@@ -307,12 +289,7 @@ async fn handshakes_beyond_max_pending_socketio_get_503_until_one_connects_or_ex
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (s6, _) = eio_handshake(&http).await;
     assert_eq!(s6, 200, "an expired handshake gives its slot back");
-    let metrics = reqwest::get(format!("{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&http).await;
     assert!(
         metrics.contains("rowcast_connections_refused_total{reason=\"pending_socketio\"}"),
         "{metrics}"

@@ -113,6 +113,16 @@ pub struct Server {
     pub auth: std::sync::Arc<Authenticator>,
 }
 
+/// The `/metrics` text of the server at `base` (`http://host:port`).
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 impl Server {
     pub async fn start(config: Config) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -36,6 +36,24 @@ impl Received {
 
 impl WsClient {
     /// Connects and reads the `welcome` frame.
+    /// A client on a socket with a 4 KiB receive buffer (so that the kernel does not absorb
+    /// megabytes on its behalf when it stops reading), after its `welcome`.
+    pub async fn connect_small_buffer(addr: std::net::SocketAddr, url: &str) -> WsClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        let (stream, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("WebSocket connect");
+        let mut c = WsClient {
+            stream,
+            closed: None,
+        };
+        assert_eq!(c.next_json().await.unwrap()["type"], "welcome");
+        c
+    }
+
     pub async fn connect(url: &str) -> (WsClient, Value) {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await

@@ -63,12 +63,7 @@ async fn failing_receiver_gets_the_delivery_on_the_third_attempt() {
         .get("/api/webhook/deliveries?status=delivered", &carl)
         .await;
     assert_eq!(list["deliveries"][0]["id"], json!(id));
-    let metrics = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&server.http()).await;
     for name in [
         "rowcast_webhook_attempts_total{outcome=\"retry\"}",
         "rowcast_webhook_attempts_total{outcome=\"delivered\"}",
