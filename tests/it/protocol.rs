@@ -42,17 +42,8 @@ async fn bad_tokens_are_refused_with_401() {
         "garbage"
     );
     // The body says why.
-    let r = reqwest::Client::new()
-        .get(format!("{}/ws?token={expired}", server.http()))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = server.ws_refusal(&expired).await;
+    assert_eq!(status, 401);
     assert_eq!(body["error"], "unauthorized");
     assert_eq!(body["message"], "token expired");
     // A malformed `since` is a 400, before upgrading.

@@ -33,23 +33,9 @@ async fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// The `/ws` upgrade's refusal: status and the body's message.
-async fn ws_refusal(server: &Server, token: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}/ws?token={token}", server.http()))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 /// Every transport and the API refuse `token` with 401 and `message`.
 async fn refused_everywhere(server: &Server, token: &str, message: &str) {
-    let (status, body) = ws_refusal(server, token).await;
+    let (status, body) = server.ws_refusal(token).await;
     assert_eq!(
         (status, body["message"].as_str()),
         (401, Some(message)),

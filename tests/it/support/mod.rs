@@ -167,6 +167,23 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// A `/ws` upgrade with `token` that is refused: the status and the JSON body.
+    pub async fn ws_refusal(&self, token: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .get(format!("{}/ws?token={token}", self.http()))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/ws?{query}", self.addr)
     }
