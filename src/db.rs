@@ -41,9 +41,27 @@ pub enum PoolError {
     Build(#[from] deadpool_postgres::BuildError),
 }
 
+/// Session settings of every connection rowcast opens, ahead of any `options` in the URL
+/// (which win): `jit = off`. rowcast's statements are short lookups and range reads over
+/// indexes; with PostgreSQL's default `jit = on` the planner's row estimates for a log
+/// read crossed `jit_above_cost`, and compiling the query cost more CPU than reading the
+/// rows (a sixth of all the machine's CPU under the `sustained` bench).
+const SESSION_OPTIONS: &str = "-c jit=off";
+
+/// The connection settings for `url`, with rowcast's session settings.
+pub fn session(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut pg: tokio_postgres::Config = url.parse()?;
+    let options = match pg.get_options() {
+        Some(own) => format!("{SESSION_OPTIONS} {own}"),
+        None => SESSION_OPTIONS.to_string(),
+    };
+    pg.options(&options);
+    Ok(pg)
+}
+
 /// A pool of `size` connections to `url` (connections open on first use).
 pub fn pool(url: &str, ca_file: Option<&Path>, size: usize) -> Result<Pool, PoolError> {
-    let pg: tokio_postgres::Config = url.parse().map_err(UrlError::Invalid)?;
+    let pg = session(url).map_err(UrlError::Invalid)?;
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tls(ca_file)?,

@@ -225,7 +225,7 @@ async fn statement_times(client: &tokio_postgres::Client) -> Vec<String> {
 }
 
 /// `pg_recvlogical` streaming `slot` (publication `rowcast`) to /dev/null.
-fn recvlogical(pg: &PgTemp, slot: &str) -> std::process::Child {
+pub fn recvlogical(pg: &PgTemp, slot: &str) -> std::process::Child {
     Command::new(pg.bin_dir().join("pg_recvlogical"))
         .args([
             "-h",

@@ -11,6 +11,12 @@
 //! Events come in commit order, so when the probe written after pgbench stopped arrives,
 //! everything pgbench wrote is in the log and delivered: "caught up after" is that arrival
 //! minus the moment pgbench stopped.
+//!
+//! Beside the probes, every 250 ms the bench reads `pg_stat_replication`: WAL written but
+//! not yet sent (the WAL sender's decoding, or a consumer not reading) and sent but not yet
+//! confirmed (the consumer's writing; confirmations go out once a second). A last row runs
+//! the same load with only `pg_recvlogical` streaming the slot to /dev/null: the WAL
+//! sender's own lag on this machine, the floor under the logical row.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,13 +47,14 @@ pub async fn run(seconds: u64) {
         "\n## sustained: pgbench flat out for {seconds} s (8 clients, single-row UPDATE) while rowcast consumes\n"
     );
     println!(
-        "| capture | app TPS | events delivered | probes delivered | probe lag p50 ms | p99 ms | max ms | caught up after ms | rowcast CPU % | load |"
+        "| capture | app TPS | events delivered | probes delivered | probe lag p50 ms | p99 ms | max ms | caught up after ms | rowcast CPU % | WAL not yet sent, max MB | sent, not yet confirmed, max MB | load |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut configs = Vec::new();
     for mode in [CaptureMode::Triggers, CaptureMode::Logical] {
         configs.push(one(mode, seconds).await);
     }
+    decoding_alone(seconds).await;
     println!();
     for c in configs {
         println!("{c}");
@@ -95,6 +102,7 @@ async fn one(mode: CaptureMode, seconds: u64) -> String {
     });
 
     let cpu0 = rc.cpu_secs();
+    let wal = WalSampler::start(&pg).await;
     let probe_db = setup::connect(&pg.url("postgres")).await;
     let probes = tokio::spawn(async move {
         let stmt = probe_db
@@ -134,6 +142,7 @@ async fn one(mode: CaptureMode, seconds: u64) -> String {
         .expect("the last probe did not arrive within 300 s")
         .expect("reader");
     let cpu = (rc.cpu_secs() - cpu0) / seconds as f64 * 100.0;
+    let wal = wal.stop().await;
     // Two probes in one capture batch are one event (the row's later state): a probe counts
     // as delivered when it or a later one arrived.
     let mut first_at_or_after: HashMap<u64, f64> = HashMap::new();
@@ -163,7 +172,7 @@ async fn one(mode: CaptureMode, seconds: u64) -> String {
         ));
     }
     println!(
-        "| {mode:?} | {tps:.0} | {events} | {} of {} ({coalesced} coalesced) | {:.1} | {:.1} | {:.1} | {caught_up:.0} | {cpu:.0} | {} |",
+        "| {mode:?} | {tps:.0} | {events} | {} of {} ({coalesced} coalesced) | {:.1} | {:.1} | {:.1} | {caught_up:.0} | {cpu:.0} | {wal} | {} |",
         lag.len(),
         commits.len() - 1,
         setup::percentile(&lag, 0.5),
@@ -173,4 +182,99 @@ async fn one(mode: CaptureMode, seconds: u64) -> String {
     );
     drop(rc);
     describe
+}
+
+/// Samples, every 250 ms, how far the WAL senders are behind: WAL written but not yet sent
+/// (the sender's decoding) and sent but not yet confirmed (the consumer's writing). The
+/// maxima over the run, in MB, per sender (there is one: rowcast's or `pg_recvlogical`).
+struct WalSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(f64, f64)>,
+}
+
+impl WalSampler {
+    async fn start(pg: &PgTemp) -> WalSampler {
+        let db = setup::connect(&pg.url("postgres")).await;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let (mut unsent, mut unconfirmed) = (0f64, 0f64);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {}
+                }
+                let rows = db
+                    .query(
+                        "SELECT (pg_current_wal_lsn() - sent_lsn)::float8, \
+                                (sent_lsn - coalesce(flush_lsn, '0/0'))::float8 \
+                           FROM pg_stat_replication",
+                        &[],
+                    )
+                    .await
+                    .unwrap_or_default();
+                for r in rows {
+                    unsent = unsent.max(r.get::<_, f64>(0) / 1e6);
+                    unconfirmed = unconfirmed.max(r.get::<_, f64>(1) / 1e6);
+                }
+            }
+            (unsent, unconfirmed)
+        });
+        WalSampler { stop, task }
+    }
+
+    /// The maxima, as the table's two cells.
+    async fn stop(self) -> String {
+        let _ = self.stop.send(());
+        let (unsent, unconfirmed) = self.task.await.expect("sampler");
+        format!("{unsent:.1} | {unconfirmed:.1}")
+    }
+}
+
+/// The same load with only `pg_recvlogical` streaming a `pgoutput` slot to /dev/null: how
+/// far the WAL sender alone falls behind on this machine, beside rowcast's logical row.
+async fn decoding_alone(seconds: u64) {
+    let pg = PgTemp::start(PgTempOptions {
+        fsync: true,
+        settings: vec![("synchronous_commit".into(), "off".into())],
+    })
+    .expect("PostgreSQL");
+    let (db, mut config) = setup::database(&pg, TICKETS, false).await;
+    config.capture.mode = CaptureMode::Logical;
+    setup::migrate_now(&config).await;
+    db.batch_execute("SELECT pg_create_logical_replication_slot('bench_discard', 'pgoutput')")
+        .await
+        .expect("slot");
+    let mut recv = overhead::recvlogical(&pg, "bench_discard");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let wal = WalSampler::start(&pg).await;
+    let tps = tokio::task::block_in_place(|| overhead::pgbench(&pg, seconds));
+    let stopped = Instant::now();
+    let target: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    // Caught up: the sender has sent everything written before pgbench stopped.
+    let caught_up = loop {
+        let done: bool = db
+            .query_one(
+                "SELECT coalesce(bool_and(sent_lsn >= $1::text::pg_lsn), false) FROM pg_stat_replication",
+                &[&target],
+            )
+            .await
+            .expect("sent")
+            .get(0);
+        if done || stopped.elapsed() > Duration::from_secs(300) {
+            break stopped.elapsed().as_millis();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let wal = wal.stop().await;
+    let _ = recv.kill();
+    let _ = recv.wait();
+    println!(
+        "| decoding alone (pg_recvlogical) | {tps:.0} | | | | | | {caught_up} | | {wal} | {} |",
+        setup::load_avg()
+    );
 }

@@ -112,8 +112,9 @@ struct Listener {
 
 impl Listener {
     async fn connect(capture: &Capture) -> Result<Listener, tokio_postgres::Error> {
-        let (client, mut connection) =
-            tokio_postgres::connect(&capture.database_url, capture.tls.clone()).await?;
+        let (client, mut connection) = crate::db::session(&capture.database_url)?
+            .connect(capture.tls.clone())
+            .await?;
         let wake = Arc::new(Notify::new());
         let conn_wake = wake.clone();
         let lost = CancellationToken::new();

@@ -19,7 +19,8 @@ mod sequencer;
 mod slots;
 
 pub use changes::{
-    NewChange, append, fix_old_rows, newest_after, oldest_unconsumed_age, prune, start_position,
+    COPY_FROM, NewChange, append, fix_old_rows, newest_after, oldest_unconsumed_age, prune,
+    start_position,
 };
 pub use cursors::{Cursor, advance_outbox, cursor, init_outbox, lock_outbox};
 pub use read::{Mark, Read, read};

@@ -94,6 +94,10 @@ struct Pending {
     changes: usize,
 }
 
+/// The batch being written while the stream is read on: it ends with the position to
+/// acknowledge.
+type InFlight = super::AbortOnDrop<Result<Lsn, LogicalError>>;
+
 /// Streams the slot into `rowcast.changes` until an error. Runs on the sequencer replica
 /// only (the caller holds the sequencer lock); `wake` is poked after every written batch.
 pub struct SlotConsumer {
@@ -107,20 +111,27 @@ pub struct SlotConsumer {
 
 impl SlotConsumer {
     pub async fn run(self) -> Result<(), LogicalError> {
-        let (mut client, connection) =
-            tokio_postgres::connect(&self.database_url, self.tls.clone()).await?;
+        let this = Arc::new(self);
+        let (client, connection) = crate::db::session(&this.database_url)?
+            .connect(this.tls.clone())
+            .await?;
+        let client = Arc::new(client);
         let driver = tokio::spawn(connection);
         let _driver = super::AbortOnDrop(tokio::spawn(async move {
             let _ = driver.await;
         }));
-        let stored = changelog::stored_position(&client, &self.config.slot).await?;
-        let mut repl = ReplicationClient::connect(self.replication_config()?).await?;
+        let stored = changelog::stored_position(&*client, &this.config.slot).await?;
+        let mut repl = ReplicationClient::connect(this.replication_config()?).await?;
         repl.wait_started().await?;
-        tracing::info!(slot = %self.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
+        tracing::info!(slot = %this.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
         let mut parser = LogicalReplicationParser::with_protocol_version(1);
-        let mut decoder = Decoder::new(self.catalog.clone());
-        decoder.set_installed(crate::catalog::installed_visible(&client).await?);
+        let mut decoder = Decoder::new(this.catalog.clone());
+        decoder.set_installed(crate::catalog::installed_visible(&*client).await?);
         let mut pending = Pending::default();
+        // The stream is read and decoded while a batch is written (one at a time, in
+        // order): the WAL sender, this loop and the database's insert run side by side
+        // instead of taking turns. Anything else on `client` waits for it first.
+        let mut inflight: Option<InFlight> = None;
         let mut commit_time = OffsetDateTime::now_utc();
         let mut open = false;
         // A transaction too large to hold until its commit (`batch` changes buffered):
@@ -128,24 +139,41 @@ impl SlotConsumer {
         // position when its commit arrives.
         let mut large: Option<Large> = None;
         let mut final_lsn = 0u64;
-        let batch = self.config.batch_size.max(1) as usize;
+        let batch = this.config.batch_size.max(1) as usize;
         loop {
             // Write what is decoded as soon as the stream has nothing more ready right now
-            // (or a batch is full); otherwise wait for the next event.
-            let event = if !open && pending.changes > 0 {
-                match repl.recv().now_or_never() {
-                    Some(ev) if pending.changes < batch => ev?,
-                    Some(ev) => {
-                        self.write(&mut client, &mut pending, &repl).await?;
-                        ev?
-                    }
-                    None => {
-                        self.write(&mut client, &mut pending, &repl).await?;
-                        continue;
-                    }
+            // and no write is in flight, or a batch is full; otherwise wait for the next
+            // event or the write in flight. The look is `unconstrained`: tokio's
+            // cooperative budget would otherwise answer "nothing ready" every 128 events
+            // while the channel is full, and under sustained load every write would carry
+            // a few dozen changes instead of a batch.
+            let ready = !open && pending.changes > 0;
+            let event = match ready {
+                true => tokio::task::unconstrained(repl.recv()).now_or_never(),
+                false => None,
+            };
+            let event = match event {
+                Some(ev) if pending.changes < batch => ev?,
+                Some(ev) => {
+                    settle(&mut inflight, &repl).await?;
+                    inflight = Some(this.start_write(&client, &mut pending));
+                    ev?
                 }
-            } else {
-                repl.recv().await?
+                None if ready && inflight.is_none() => {
+                    inflight = Some(this.start_write(&client, &mut pending));
+                    continue;
+                }
+                None => match inflight.as_mut() {
+                    Some(w) => tokio::select! {
+                        ev = repl.recv() => ev?,
+                        done = &mut w.0 => {
+                            inflight = None;
+                            repl.update_applied_lsn(written(done)?);
+                            continue;
+                        }
+                    },
+                    None => repl.recv().await?,
+                },
             };
             let Some(event) = event else {
                 return Err(LogicalError::Ended);
@@ -172,13 +200,15 @@ impl SlotConsumer {
                     if relation {
                         // A relation is (re)announced: check it against what `migrate`
                         // installed as of now, and learn how its column types render.
-                        decoder.set_installed(crate::catalog::installed_visible(&client).await?);
+                        settle(&mut inflight, &repl).await?;
+                        decoder.set_installed(crate::catalog::installed_visible(&*client).await?);
                     }
                     decoder.message(msg.message)?;
                     if relation {
                         let needed = decoder.types_needed();
                         if !needed.is_empty() {
-                            decoder.add_types(&crate::catalog::type_facts(&client, &needed).await?);
+                            decoder
+                                .add_types(&crate::catalog::type_facts(&*client, &needed).await?);
                         }
                     }
                 }
@@ -192,7 +222,7 @@ impl SlotConsumer {
                 ReplicationEvent::Commit { end_lsn, .. } if large.is_some() => {
                     open = false;
                     let l = large.take().expect("checked by the guard");
-                    self.finish_large(&client, l, &mut decoder, commit_time, end_lsn.as_u64())
+                    this.finish_large(&client, l, &mut decoder, commit_time, end_lsn.as_u64())
                         .await?;
                     repl.update_applied_lsn(end_lsn);
                     continue;
@@ -202,7 +232,7 @@ impl SlotConsumer {
                     let (changes, fixes) = decoder.commit();
                     debug_assert!(fixes.is_empty(), "fixes come only from written chunks");
                     if changes.is_empty() {
-                        if pending.txns.is_empty() {
+                        if pending.txns.is_empty() && inflight.is_none() {
                             repl.update_applied_lsn(end_lsn);
                         }
                         continue;
@@ -213,7 +243,7 @@ impl SlotConsumer {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     // Everything before the server's position has been received: with
                     // nothing in flight, the slot may move there (WAL is not retained).
-                    if !open && pending.txns.is_empty() {
+                    if !open && pending.txns.is_empty() && inflight.is_none() {
                         repl.update_applied_lsn(wal_end);
                     }
                 }
@@ -222,31 +252,45 @@ impl SlotConsumer {
             if open && decoder.buffered() >= batch {
                 if large.is_none() {
                     // Earlier transactions first, each with its own position.
-                    self.write(&mut client, &mut pending, &repl).await?;
-                    large = Some(self.start_large(&client, final_lsn).await?);
+                    settle(&mut inflight, &repl).await?;
+                    if !pending.txns.is_empty() {
+                        inflight = Some(this.start_write(&client, &mut pending));
+                        settle(&mut inflight, &repl).await?;
+                    }
+                    large = Some(this.start_large(&client, final_lsn).await?);
                 }
                 let l = large.as_mut().expect("just set");
-                self.write_chunk(&client, l, &mut decoder, commit_time)
+                this.write_chunk(&client, l, &mut decoder, commit_time)
                     .await?;
             }
         }
     }
 
+    /// Starts writing the pending transactions; the caller has settled the previous write.
+    fn start_write(
+        self: &Arc<Self>,
+        client: &Arc<tokio_postgres::Client>,
+        pending: &mut Pending,
+    ) -> InFlight {
+        let (this, client, pending) = (self.clone(), client.clone(), std::mem::take(pending));
+        super::AbortOnDrop(tokio::spawn(
+            async move { this.write(&client, pending).await },
+        ))
+    }
+
     /// Appends the pending transactions (those after the stored position) to the log with
-    /// their `seq`, moves the stored position, announces them, then acknowledges the slot.
+    /// their `seq`, moves the stored position and announces them. Returns the position the
+    /// slot may be acknowledged at, once committed.
     async fn write(
         &self,
-        client: &mut tokio_postgres::Client,
-        pending: &mut Pending,
-        repl: &ReplicationClient,
-    ) -> Result<(), LogicalError> {
-        let Some(&(last_lsn, _, _)) = pending.txns.last() else {
-            return Ok(());
-        };
+        client: &tokio_postgres::Client,
+        mut pending: Pending,
+    ) -> Result<Lsn, LogicalError> {
+        let last_lsn = pending.txns.last().map_or(0, |t| t.0);
+
         // Two round trips: BEGIN with the position's lock, then the rows, the announcement,
         // the new position and COMMIT in one pipeline. A failure anywhere aborts the
         // transaction (its COMMIT then rolls back) and is returned.
-        let client = &*client;
         let (begun, stored) = tokio::join!(
             client.batch_execute("BEGIN"),
             changelog::lock_position(client, &self.config.slot)
@@ -269,13 +313,16 @@ impl SlotConsumer {
             times.extend(std::iter::repeat_n(time, txn.len()));
             changes.extend(txn);
         }
-        pending.changes = 0;
         if let Err(e) = complete::complete(client, &self.catalog, &mut changes).await {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(e.into());
         }
         let n = changes.len();
-        let rows = changes.into_iter().zip(times).map(|(c, time)| c.at(time));
+        let rows = changes
+            .into_iter()
+            .zip(times)
+            .map(|(c, time)| c.at(time))
+            .collect();
         let notify = async {
             match n {
                 0 => Ok(()),
@@ -292,22 +339,29 @@ impl SlotConsumer {
                 false => Ok(()),
             }
         };
-        let (appended, notified, moved, committed) = tokio::join!(
-            changelog::append(client, rows),
-            notify,
-            store,
-            client.batch_execute("COMMIT")
-        );
-        appended?;
+        let append = changelog::append(client, rows);
+        let commit = client.batch_execute("COMMIT");
+        let (notified, moved, committed) = if n < changelog::COPY_FROM {
+            let (appended, notified, moved, committed) =
+                tokio::join!(append, notify, store, commit);
+            appended?;
+            (notified, moved, committed)
+        } else {
+            // Copied in: several statements, which nothing may overtake.
+            if let Err(e) = append.await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            tokio::join!(notify, store, commit)
+        };
         notified?;
         moved?;
         committed?;
-        repl.update_applied_lsn(Lsn::from_u64(last_lsn));
         metrics::counter!("rowcast_capture_decoded_changes_total").increment(n as u64);
         if n > 0 {
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(Lsn::from_u64(last_lsn))
     }
 
     fn replication_config(&self) -> Result<ReplicationConfig, LogicalError> {
@@ -319,6 +373,24 @@ impl SlotConsumer {
         )
         .map_err(LogicalError::from)
     }
+}
+
+/// Waits for the write in flight, if any, and acknowledges the slot up to it.
+async fn settle(
+    inflight: &mut Option<InFlight>,
+    repl: &ReplicationClient,
+) -> Result<(), LogicalError> {
+    if let Some(mut w) = inflight.take() {
+        repl.update_applied_lsn(written((&mut w.0).await)?);
+    }
+    Ok(())
+}
+
+/// A finished write's result: the position it committed.
+fn written(
+    done: Result<Result<Lsn, LogicalError>, tokio::task::JoinError>,
+) -> Result<Lsn, LogicalError> {
+    done.map_err(|e| LogicalError::Decode(format!("the log writer failed: {e}")))?
 }
 
 /// PostgreSQL's timestamps count microseconds from 2000-01-01.
