@@ -222,3 +222,21 @@ impl ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_turn_jit_off_and_keep_the_urls_own_options() {
+        let plain = session("postgres://u@h/db").unwrap();
+        assert_eq!(plain.get_options(), Some("-c jit=off"));
+        let own = session("postgres://u@h/db?options=-c%20jit%3Don%20-c%20work_mem%3D8MB").unwrap();
+        // The URL's own settings come after rowcast's, so they win.
+        assert_eq!(
+            own.get_options(),
+            Some("-c jit=off -c jit=on -c work_mem=8MB")
+        );
+        assert!(session("not a url =").is_err());
+    }
+}
