@@ -1,11 +1,5 @@
 //! The `rowcast` command: serve | migrate | check | demo.
 
-/// mimalloc instead of the system allocator: a change passes through a few dozen short-lived
-/// allocations (decoded values, JSON maps, frames) on several threads, and glibc's malloc
-/// took about half of rowcast's CPU under the `sustained` bench.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
