@@ -62,12 +62,7 @@ pub async fn run(seconds: u64) {
 }
 
 async fn one(mode: CaptureMode, seconds: u64) -> String {
-    // As `capture-overhead`'s CPU-bound half: fsync on, commits not waiting for the flush.
-    let pg = PgTemp::start(PgTempOptions {
-        fsync: true,
-        settings: vec![("synchronous_commit".into(), "off".into())],
-    })
-    .expect("PostgreSQL");
+    let pg = cpu_bound_cluster();
     let (db, mut config) = setup::database(&pg, TICKETS, false).await;
     let probe: i64 = db
         .query_one(
@@ -184,6 +179,16 @@ async fn one(mode: CaptureMode, seconds: u64) -> String {
     describe
 }
 
+/// A cluster as `capture-overhead`'s CPU-bound half: fsync on, commits not waiting for the
+/// flush.
+fn cpu_bound_cluster() -> PgTemp {
+    PgTemp::start(PgTempOptions {
+        fsync: true,
+        settings: vec![("synchronous_commit".into(), "off".into())],
+    })
+    .expect("PostgreSQL")
+}
+
 /// Samples, every 250 ms, how far the WAL senders are behind: WAL written but not yet sent
 /// (the sender's decoding) and sent but not yet confirmed (the consumer's writing). The
 /// maxima over the run, in MB, per sender (there is one: rowcast's or `pg_recvlogical`).
@@ -234,11 +239,7 @@ impl WalSampler {
 /// The same load with only `pg_recvlogical` streaming a `pgoutput` slot to /dev/null: how
 /// far the WAL sender alone falls behind on this machine, beside rowcast's logical row.
 async fn decoding_alone(seconds: u64) {
-    let pg = PgTemp::start(PgTempOptions {
-        fsync: true,
-        settings: vec![("synchronous_commit".into(), "off".into())],
-    })
-    .expect("PostgreSQL");
+    let pg = cpu_bound_cluster();
     let (db, mut config) = setup::database(&pg, TICKETS, false).await;
     config.capture.mode = CaptureMode::Logical;
     setup::migrate_now(&config).await;
