@@ -386,11 +386,13 @@ async fn settle(
     Ok(())
 }
 
-/// A finished write's result: the position it committed.
+/// A finished write's result: the position it committed. A panic in the write goes on
+/// here, as it did when the write ran inline (the task is only ever aborted by dropping
+/// its handle, so it cannot have been cancelled).
 fn written(
     done: Result<Result<Lsn, LogicalError>, tokio::task::JoinError>,
 ) -> Result<Lsn, LogicalError> {
-    done.map_err(|e| LogicalError::Decode(format!("the log writer failed: {e}")))?
+    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// PostgreSQL's timestamps count microseconds from 2000-01-01.
