@@ -131,6 +131,7 @@ pub async fn run(
                 after_batch: after_batch.clone(),
             }),
             status: status.clone(),
+            handoff: Default::default(),
         }
         .run(start, workers.clone()),
     );

@@ -35,9 +35,9 @@
 //!   rowcast's), the same npm socket.io-client processes and writer; default 50 × 200/s.
 //! - `versus-targets [--seconds S]`: `versus` at 50 × 200/s, 1,000 × 20/s and 200 × 500/s,
 //!   then a verdict per issue-15 target.
-//! - `sustained [--seconds S]`: pgbench flat out for S seconds (default 60) in both capture
-//!   modes: probe lag while it runs and the time until everything is delivered once it
-//!   stops.
+//! - `sustained [--seconds S] [--capture triggers|logical]`: pgbench flat out for S seconds
+//!   (default 60) in both capture modes (or the one named; then without the decoding-alone
+//!   row): probe lag while it runs and the time until everything is delivered once it stops.
 //! - `replicas [--rate R] [--seconds S]`: database statements, time and rows per change with
 //!   1 and with 3 replicas (`pg_stat_statements`).
 //! - `all`: every scenario with its defaults.
@@ -72,6 +72,7 @@ struct Args {
     events: Option<i64>,
     batch_size: Option<i64>,
     transport: Option<Via>,
+    capture: Option<rowcast::config::CaptureMode>,
 }
 
 fn parse_args() -> Args {
@@ -83,6 +84,7 @@ fn parse_args() -> Args {
         events: None,
         batch_size: None,
         transport: None,
+        capture: None,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(arg) = it.next() {
@@ -104,6 +106,13 @@ fn parse_args() -> Args {
                     "socketio" => Via::SocketIo,
                     "socketio-wire" => Via::SocketIoWire,
                     other => panic!("--transport is ws, socketio or socketio-wire, not {other:?}"),
+                })
+            }
+            "--capture" => {
+                a.capture = Some(match value(&arg).as_str() {
+                    "triggers" => rowcast::config::CaptureMode::Triggers,
+                    "logical" => rowcast::config::CaptureMode::Logical,
+                    other => panic!("--capture is triggers or logical, not {other:?}"),
                 })
             }
             s if !s.starts_with('-') => a.scenario = s.to_string(),
@@ -207,7 +216,7 @@ fn main() {
             ));
         }
         "versus-targets" => rt.block_on(versus::targets(seconds)),
-        "sustained" => rt.block_on(sustained::run(args.seconds.unwrap_or(60))),
+        "sustained" => rt.block_on(sustained::run(args.seconds.unwrap_or(60), args.capture)),
         "replicas" => rt.block_on(replicas::run(args.rate.unwrap_or(500), seconds)),
         "all" => {
             rt.block_on(overhead::run(seconds));
@@ -219,7 +228,7 @@ fn main() {
             rt.block_on(webhooks::throughput(20_000));
             rt.block_on(webhooks::enqueue_cost(seconds));
             rt.block_on(versus::targets(seconds));
-            rt.block_on(sustained::run(60));
+            rt.block_on(sustained::run(60, None));
             rt.block_on(replicas::run(500, seconds));
         }
         other => panic!("unknown scenario {other}; see benches/rowcast/main.rs"),

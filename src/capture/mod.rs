@@ -70,6 +70,8 @@ pub struct Capture {
     pub enricher: Enricher,
     pub sink: Arc<dyn Sink>,
     pub status: Arc<CaptureStatus>,
+    /// Logical mode: the batches this replica's slot consumer wrote, read from memory.
+    pub handoff: Arc<changelog::Handoff>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,11 +288,15 @@ impl Capture {
         position: &mut Position,
         mark: &mut Option<changelog::Mark>,
     ) -> Result<bool, CaptureError> {
-        let range = LogRange::after(*position).with_mark(*mark);
-        let page = self
-            .enricher
-            .events_after(client, range, self.config.batch_size)
-            .await?;
+        let page = match self.handoff.take(*position) {
+            Some(written) => self.enricher.events(written).await?,
+            None => {
+                let range = LogRange::after(*position).with_mark(*mark);
+                self.enricher
+                    .events_after(client, range, self.config.batch_size)
+                    .await?
+            }
+        };
         self.status.mark_read(*position);
         let Some(upto) = page.last else {
             return Ok(false);
@@ -329,6 +335,7 @@ impl Capture {
             ca_file: self.ca_file.clone(),
             catalog: self.catalog.clone(),
             wake: wake.clone(),
+            handoff: self.handoff.clone(),
         }
     }
 }
@@ -345,8 +352,8 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Commit → emit lag of each event.
 fn record_lag(events: &[Event]) {
     let now = time::OffsetDateTime::now_utc();
+    let histogram = metrics::histogram!("rowcast_commit_to_emit_seconds");
     for e in events {
-        let lag = (now - e.committed_at).as_seconds_f64().max(0.0);
-        metrics::histogram!("rowcast_commit_to_emit_seconds").record(lag);
+        histogram.record((now - e.committed_at).as_seconds_f64().max(0.0));
     }
 }

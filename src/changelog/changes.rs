@@ -4,7 +4,7 @@
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
-use crate::event::{Op, Position};
+use crate::event::{Change, Op, Position};
 
 /// The newest sequenced position after `after`, if there is one.
 pub async fn newest_after<C: GenericClient>(
@@ -125,6 +125,22 @@ pub struct NewChange {
     pub withheld: Option<String>,
 }
 
+impl NewChange {
+    /// The change as the log holds it at `pos`.
+    pub fn sequenced(self, pos: Position) -> Change {
+        Change {
+            pos,
+            at: self.at,
+            op: self.op,
+            table: self.table,
+            pk: self.pk,
+            old: self.old,
+            data: self.data,
+            withheld: self.withheld,
+        }
+    }
+}
+
 /// From this many changes on, [`append`] copies them in (`COPY … FROM STDIN BINARY`,
 /// PostgreSQL's multi-row insert: about half the database time per row of the `INSERT`,
 /// and less WAL) at the price of three more round trips, which only a large batch earns
@@ -138,7 +154,7 @@ pub const COPY_FROM: usize = 64;
 /// caller must await it before sending anything else on `client`.
 pub async fn append(
     client: &tokio_postgres::Client,
-    rows: Vec<NewChange>,
+    rows: &[NewChange],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     match rows.len() {
         0 => Ok(Vec::new()),
@@ -151,7 +167,7 @@ pub async fn append(
 /// batch.
 async fn copy(
     client: &tokio_postgres::Client,
-    rows: Vec<NewChange>,
+    rows: &[NewChange],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     let n = rows.len() as i64;
@@ -183,7 +199,7 @@ async fn copy(
     );
     futures_util::pin_mut!(writer);
     let at = rows.iter().map(|c| c.at).min().expect("not empty");
-    for (c, seq) in rows.into_iter().zip(first..) {
+    for (c, seq) in rows.iter().zip(first..) {
         let op = c.op.code() as i8;
         writer
             .as_mut()
@@ -239,17 +255,17 @@ impl tokio_postgres::types::ToSql for NoTxid {
 /// [`append`] for a small batch: one statement.
 async fn insert(
     client: &tokio_postgres::Client,
-    rows: Vec<NewChange>,
+    rows: &[NewChange],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     let mut cols = AppendColumns::default();
     for c in rows {
         cols.at.push(c.at);
         cols.op.push((c.op.code() as char).to_string());
-        cols.tbl.push(c.table);
-        cols.pk.push(c.pk);
-        cols.old.push(c.old);
-        cols.data.push(c.data);
-        cols.withheld.push(c.withheld);
+        cols.tbl.push(&c.table);
+        cols.pk.push(&c.pk);
+        cols.old.push(c.old.as_ref());
+        cols.data.push(c.data.as_ref());
+        cols.withheld.push(c.withheld.as_deref());
     }
     // `unnest` yields the rows in order, so `nextval` numbers them in order too.
     let mut seqs: Vec<i64> = client
@@ -286,14 +302,14 @@ async fn insert(
 }
 
 #[derive(Default)]
-struct AppendColumns {
+struct AppendColumns<'a> {
     at: Vec<time::OffsetDateTime>,
     op: Vec<String>,
-    tbl: Vec<String>,
-    pk: Vec<serde_json::Value>,
-    old: Vec<Option<serde_json::Value>>,
-    data: Vec<Option<serde_json::Value>>,
-    withheld: Vec<Option<String>>,
+    tbl: Vec<&'a str>,
+    pk: Vec<&'a serde_json::Value>,
+    old: Vec<Option<&'a serde_json::Value>>,
+    data: Vec<Option<&'a serde_json::Value>>,
+    withheld: Vec<Option<&'a str>>,
 }
 
 /// Sets the old rows of deletes already in the log (by `seq`).

@@ -14,6 +14,7 @@
 
 mod changes;
 mod cursors;
+mod handoff;
 mod read;
 mod sequencer;
 mod slots;
@@ -23,6 +24,7 @@ pub use changes::{
     start_position,
 };
 pub use cursors::{Cursor, advance_outbox, cursor, init_outbox, lock_outbox};
+pub use handoff::Handoff;
 pub use read::{Mark, Read, read};
 pub use sequencer::{Ticked, park, snapshot_bounds, tick, try_lead, unpark};
 pub use slots::{Slot, lock_position, retained_bytes, slot, store_position, stored_position};

@@ -2,6 +2,7 @@
 //! batch itself or loaded once per table per batch) and each event's reach, computed once
 //! per event — never per subscriber.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,10 +15,14 @@ use crate::event::Reach;
 /// Parent chains are at most this deep (the catalog refuses circles).
 const MAX_DEPTH: usize = 8;
 
+/// A row of the batch (borrowed) or loaded for it (owned).
+type Row<'r> = Cow<'r, Map<String, Value>>;
+
 /// The rows a batch's rules may refer to, by table and key.
-pub struct BatchParents {
+pub struct BatchParents<'r> {
     catalog: Arc<Catalog>,
-    rows: HashMap<(String, String), Map<String, Value>>,
+    /// The batch's own rows borrowed, loaded ones owned.
+    rows: HashMap<(String, String), Row<'r>>,
 }
 
 /// A key's values as one text, whatever JSON type each value came as (`7` and `"7"` match).
@@ -29,8 +34,8 @@ fn key_text(values: &[Value]) -> String {
         .join("\u{1f}")
 }
 
-impl BatchParents {
-    pub fn new(catalog: Arc<Catalog>) -> BatchParents {
+impl<'r> BatchParents<'r> {
+    pub fn new(catalog: Arc<Catalog>) -> BatchParents<'r> {
         BatchParents {
             catalog,
             rows: HashMap::new(),
@@ -38,17 +43,21 @@ impl BatchParents {
     }
 
     /// A row of `spec` known in this batch (a current row, or the old row of a delete).
-    pub fn add(&mut self, spec: &TableSpec, row: &Value) {
+    pub fn add(&mut self, spec: &TableSpec, row: &'r Value) {
         if let Some(obj) = row.as_object() {
-            let key: Vec<Value> = spec
-                .key
-                .iter()
-                .map(|k| obj.get(&k.name).cloned().unwrap_or(Value::Null))
-                .collect();
-            self.rows
-                .entry((spec.name.clone(), key_text(&key)))
-                .or_insert_with(|| obj.clone());
+            self.insert(spec, Cow::Borrowed(obj));
         }
+    }
+
+    fn insert(&mut self, spec: &TableSpec, row: Row<'r>) {
+        let key: Vec<Value> = spec
+            .key
+            .iter()
+            .map(|k| row.get(&k.name).cloned().unwrap_or(Value::Null))
+            .collect();
+        self.rows
+            .entry((spec.name.clone(), key_text(&key)))
+            .or_insert(row);
     }
 
     /// Loads the parent rows the rules of `rows` refer to and the batch does not hold, one
@@ -56,9 +65,12 @@ impl BatchParents {
     pub async fn load(
         &mut self,
         client: &deadpool_postgres::Client,
-        rows: Vec<(Arc<TableSpec>, Map<String, Value>)>,
+        rows: Vec<(Arc<TableSpec>, &Map<String, Value>)>,
     ) -> Result<(), EnrichError> {
-        let mut frontier = rows;
+        let mut frontier: Vec<(Arc<TableSpec>, Row<'_>)> = rows
+            .into_iter()
+            .map(|(spec, row)| (spec, Cow::Borrowed(row)))
+            .collect();
         for _ in 0..MAX_DEPTH {
             let mut wanted: HashMap<String, (Arc<TableSpec>, Vec<Value>)> = HashMap::new();
             for (spec, row) in &frontier {
@@ -91,9 +103,9 @@ impl BatchParents {
             for (spec, keys) in wanted.into_values() {
                 let refs: Vec<&Value> = keys.iter().collect();
                 for row in load_rows(client, &spec, &refs).await? {
-                    self.add(&spec, &row);
                     if let Value::Object(obj) = row {
-                        next.push((spec.clone(), obj));
+                        self.insert(&spec, Cow::Owned(obj.clone()));
+                        next.push((spec.clone(), Cow::Owned(obj)));
                     }
                 }
             }
@@ -131,7 +143,7 @@ impl BatchParents {
     }
 }
 
-impl Parents for BatchParents {
+impl Parents for BatchParents<'_> {
     fn reach(
         &self,
         table: &str,

@@ -281,12 +281,15 @@ impl Enricher {
                 rows.insert((*table, key_of(spec, &row)), row);
             }
         }
-        let row_of = |m: &Merged<'_>, rows: &HashMap<(&str, String), Value>| -> Option<Value> {
+        fn row_of<'x>(
+            m: &Merged<'x>,
+            rows: &'x HashMap<(&str, String), Value>,
+        ) -> Option<&'x Value> {
             match m.data {
-                Some(d) => Some(d.clone()),
-                None => rows.get(&(m.spec.name.as_str(), m.pk.to_string())).cloned(),
+                Some(d) => Some(d),
+                None => rows.get(&(m.spec.name.as_str(), m.pk.to_string())),
             }
-        };
+        }
 
         // Notifications: the related entity of every notification row, one load per table.
         // A notification never carries another notification.
@@ -306,10 +309,10 @@ impl Enricher {
                 continue;
             }
             let row = match m.op() {
-                Op::Delete => m.old.cloned(),
+                Op::Delete => m.old,
                 _ => row_of(m, &rows),
             };
-            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, &r)) {
+            if let Some((target, pk)) = row.and_then(|r| related_ref(m.spec, r)) {
                 related_wanted
                     .entry(
                         self.catalog
@@ -333,9 +336,9 @@ impl Enricher {
         struct Pending<'m, 'a> {
             m: &'m Merged<'a>,
             op: Op,
-            row: Value,
+            row: &'m Value,
             before: Option<Value>,
-            related: Option<(Arc<TableSpec>, Value)>,
+            related: Option<(Arc<TableSpec>, &'m Value)>,
         }
         let mut pending = Vec::with_capacity(merged.len());
         for m in &merged {
@@ -347,14 +350,14 @@ impl Enricher {
                             || old.clone(),
                             |first| audience::with_old_values(old, first),
                         );
-                        (old.clone(), Some(seen))
+                        (old, Some(seen))
                     }
                     None => continue,
                 },
                 _ => match row_of(m, &rows) {
                     Some(r) => {
                         let before = match (op, m.first_old) {
-                            (Op::Update, Some(first)) => Some(audience::with_old_values(&r, first)),
+                            (Op::Update, Some(first)) => Some(audience::with_old_values(r, first)),
                             _ => None,
                         };
                         (r, before)
@@ -363,12 +366,12 @@ impl Enricher {
                 },
             };
             let related = if m.spec.kind() == TableKind::Notification {
-                related_ref(m.spec, &row).and_then(|(target, pk)| {
+                related_ref(m.spec, row).and_then(|(target, pk)| {
                     let id = pk
                         .as_array()
                         .and_then(|a| a.first())
                         .and_then(scalar_text)?;
-                    let r = related.get(&(target.name.clone(), id))?.clone();
+                    let r = related.get(&(target.name.clone(), id))?;
                     Some((target, r))
                 })
             } else {
@@ -388,15 +391,15 @@ impl Enricher {
         let mut parents = audience::BatchParents::new(self.catalog.clone());
         let mut needing = Vec::new();
         for p in &pending {
-            parents.add(p.m.spec, &p.row);
-            for (spec, row) in [(p.m.spec, Some(&p.row)), (p.m.spec, p.before.as_ref())]
+            parents.add(p.m.spec, p.row);
+            for (spec, row) in [(p.m.spec, Some(p.row)), (p.m.spec, p.before.as_ref())]
                 .into_iter()
-                .chain(p.related.as_ref().map(|(s, r)| (s, Some(r))))
+                .chain(p.related.as_ref().map(|(s, r)| (s, Some(*r))))
             {
                 if let Some(Value::Object(obj)) = row
                     && !spec.parent_refs().is_empty()
                 {
-                    needing.push((spec.clone(), obj.clone()));
+                    needing.push((spec.clone(), obj));
                 }
             }
         }
@@ -406,12 +409,12 @@ impl Enricher {
 
         let mut events = Vec::with_capacity(pending.len());
         let mut explanations = Vec::new();
-        for p in pending {
+        for p in &pending {
             let spec = p.m.spec;
             if explain {
                 let now = match (p.op, &p.before) {
                     (Op::Delete, Some(seen)) => seen,
-                    _ => &p.row,
+                    _ => p.row,
                 };
                 let (_, steps) = parents.explain(spec, now);
                 let before = match (p.op, &p.before) {
@@ -438,7 +441,7 @@ impl Enricher {
                 (Op::Delete, Some(seen)) => {
                     spec.audience(parents.reach_or_nobody(spec, seen, what))
                 }
-                _ => spec.audience(parents.reach_or_nobody(spec, &p.row, what)),
+                _ => spec.audience(parents.reach_or_nobody(spec, p.row, what)),
             };
             let before = match (p.op, &p.before) {
                 (Op::Update, Some(b)) => {
@@ -447,7 +450,7 @@ impl Enricher {
                 }
                 _ => None,
             };
-            let related = p.related.as_ref().map(|(target, row)| {
+            let related = p.related.as_ref().map(|&(ref target, row)| {
                 target.audience(parents.reach_or_nobody(target, row, "related row"))
             });
             let e = Enriched {
@@ -457,7 +460,7 @@ impl Enricher {
                 pk: p.m.pk,
                 row: p.row,
                 committed_at: p.m.at,
-                related: p.related.map(|(_, r)| r),
+                related: p.related.as_ref().map(|(_, r)| *r),
                 audience,
                 before,
                 related_audience: related,

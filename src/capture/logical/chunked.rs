@@ -58,8 +58,11 @@ impl SlotConsumer {
         let (mut changes, fixes) = decoder.take_chunk();
         large.written += changes.len();
         super::complete::complete(client, &self.catalog, &mut changes).await?;
-        let seqs =
-            changelog::append(client, changes.into_iter().map(|c| c.at(time)).collect()).await?;
+        let seqs = changelog::append(
+            client,
+            &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
+        )
+        .await?;
         decoder.written(&seqs);
         changelog::fix_old_rows(client, fixes).await?;
         Ok(())
@@ -83,7 +86,11 @@ impl SlotConsumer {
         let (mut changes, fixes) = decoder.commit();
         large.written += changes.len();
         super::complete::complete(client, &self.catalog, &mut changes).await?;
-        changelog::append(client, changes.into_iter().map(|c| c.at(time)).collect()).await?;
+        changelog::append(
+            client,
+            &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
+        )
+        .await?;
         changelog::fix_old_rows(client, fixes).await?;
         changelog::store_position(client, &self.config.slot, end_lsn).await?;
         client

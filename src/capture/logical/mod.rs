@@ -99,7 +99,8 @@ struct Pending {
 type InFlight = super::AbortOnDrop<Result<Lsn, LogicalError>>;
 
 /// Streams the slot into `rowcast.changes` until an error. Runs on the sequencer replica
-/// only (the caller holds the sequencer lock); `wake` is poked after every written batch.
+/// only (the caller holds the sequencer lock); every written batch is offered to
+/// `handoff` and `wake` is poked.
 pub struct SlotConsumer {
     pub config: CaptureConfig,
     pub database_url: String,
@@ -107,6 +108,8 @@ pub struct SlotConsumer {
     pub ca_file: Option<std::path::PathBuf>,
     pub catalog: Arc<Catalog>,
     pub wake: Arc<Notify>,
+    /// Where written batches go for this replica's reader.
+    pub handoff: Arc<changelog::Handoff>,
 }
 
 impl SlotConsumer {
@@ -318,7 +321,7 @@ impl SlotConsumer {
             return Err(e.into());
         }
         let n = changes.len();
-        let rows = changes
+        let rows: Vec<NewChange> = changes
             .into_iter()
             .zip(times)
             .map(|(c, time)| c.at(time))
@@ -339,26 +342,31 @@ impl SlotConsumer {
                 false => Ok(()),
             }
         };
-        let append = changelog::append(client, rows);
+        let append = changelog::append(client, &rows);
         let commit = client.batch_execute("COMMIT");
-        let (notified, moved, committed) = if n < changelog::COPY_FROM {
+        let (seqs, notified, moved, committed) = if n < changelog::COPY_FROM {
             let (appended, notified, moved, committed) =
                 tokio::join!(append, notify, store, commit);
-            appended?;
-            (notified, moved, committed)
+            (appended?, notified, moved, committed)
         } else {
             // Copied in: several statements, which nothing may overtake.
-            if let Err(e) = append.await {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e.into());
-            }
-            tokio::join!(notify, store, commit)
+            let seqs = match append.await {
+                Ok(seqs) => seqs,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e.into());
+                }
+            };
+            let (notified, moved, committed) = tokio::join!(notify, store, commit);
+            (seqs, notified, moved, committed)
         };
         notified?;
         moved?;
         committed?;
         metrics::counter!("rowcast_capture_decoded_changes_total").increment(n as u64);
         if n > 0 {
+            // Committed: this replica's reader takes the rows from here, not from the log.
+            self.handoff.offer(rows, &seqs);
             self.wake.notify_one();
         }
         Ok(Lsn::from_u64(last_lsn))
