@@ -144,12 +144,19 @@ impl SlotConsumer {
         let mut final_lsn = 0u64;
         let batch = this.config.batch_size.max(1) as usize;
         loop {
-            // Write what is decoded as soon as the stream has nothing more ready right now
-            // and no write is in flight, or a batch is full; otherwise wait for the next
+            // Write what is decoded as soon as no write is in flight and the stream has
+            // nothing more ready right now or the previous write has just finished (under
+            // sustained load a batch is what arrived during one write, not a batch_size
+            // that takes longer to fill), or a batch is full; otherwise wait for the next
             // event or the write in flight. The look is `unconstrained`: tokio's
             // cooperative budget would otherwise answer "nothing ready" every 128 events
             // while the channel is full, and under sustained load every write would carry
             // a few dozen changes instead of a batch.
+            let finished = inflight.as_ref().is_some_and(|w| w.0.is_finished());
+            if finished && !open && pending.changes > 0 {
+                settle(&mut inflight, &repl).await?;
+                inflight = Some(this.start_write(&client, &mut pending));
+            }
             let ready = !open && pending.changes > 0;
             let event = match ready {
                 true => tokio::task::unconstrained(repl.recv()).now_or_never(),
