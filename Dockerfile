@@ -9,9 +9,15 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
+# make: the jemalloc allocator is built from its C sources.
+RUN apt-get update -q \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 
-# 1. Dependencies only: this layer is reused until Cargo.toml or Cargo.lock change.
+# 1. Dependencies only: this layer is reused until Cargo.toml, Cargo.lock or the patched
+#    crates in vendor/ change.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
