@@ -3,7 +3,9 @@
 //! One replica at a time is the *sequencer* (session advisory lock). In trigger mode it
 //! records batches of committed changes (`changelog::tick`), each numbered after every
 //! earlier one, without rewriting a change; in logical mode it streams the replication slot
-//! into the log with `seq` already set ([`logical`]). Every replica tails `seq > position`,
+//! into the log with `seq` already set ([`logical`]), and its own reader takes each batch
+//! the writer committed from memory (`changelog::Handoff`), reading the log only after a
+//! gap. Every replica tails `seq > position`,
 //! so all see one gap-free order, and an open transaction delays only its own changes. The
 //! log is the truth and NOTIFY only a hint: the sequencer announces every batch on the
 //! sequenced channel, so the other replicas never poll on the live path (a safety read every
@@ -26,6 +28,7 @@ mod park;
 mod status;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -108,7 +111,13 @@ enum Woken {
 struct Listener {
     client: Client,
     wake: Arc<Notify>,
+    /// Set once this replica sequences: every batch announced on the sequenced channel is
+    /// then its own (its tick's NOTIFY, or its slot writer's, which also pokes `wake`), so
+    /// those notifications no longer wake it for a read that would find nothing.
+    sequencing: Arc<AtomicBool>,
     lost: CancellationToken,
+    /// The log's hot read, prepared once on this connection.
+    reads: changelog::Prepared,
     _driver: AbortOnDrop,
 }
 
@@ -119,6 +128,8 @@ impl Listener {
             .await?;
         let wake = Arc::new(Notify::new());
         let conn_wake = wake.clone();
+        let sequencing = Arc::new(AtomicBool::new(false));
+        let own = sequencing.clone();
         let lost = CancellationToken::new();
         let conn_lost = lost.clone();
         // The connection must be polled by us to see notifications.
@@ -126,6 +137,8 @@ impl Listener {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(m) = messages.next().await {
                 match m {
+                    Ok(AsyncMessage::Notification(n))
+                        if n.channel() == SEQUENCED_CHANNEL && own.load(Ordering::Relaxed) => {}
                     Ok(AsyncMessage::Notification(_)) => conn_wake.notify_one(),
                     Ok(_) => {}
                     Err(e) => {
@@ -144,7 +157,9 @@ impl Listener {
         Ok(Listener {
             client,
             wake,
+            sequencing,
             lost,
+            reads: changelog::Prepared::default(),
             _driver: AbortOnDrop(driver),
         })
     }
@@ -217,6 +232,7 @@ impl Capture {
         let mut mark = None;
         loop {
             let lead = leader.refresh(&conn.client).await?;
+            conn.sequencing.store(lead, Ordering::Relaxed);
             if lead && logical {
                 // The sequencer streams the slot into the log; its end ends this session
                 // (and so the lock), and the retry starts it again.
@@ -230,13 +246,12 @@ impl Capture {
                     false => Ok(None),
                 }
             };
-            let (ticked, progressed) =
-                tokio::join!(tick, self.tail(&conn.client, position, &mut mark));
-            let mut progressed = progressed?;
-            if let Some(t) = ticked? {
+            let (ticked, read) = tokio::join!(tick, self.tail(&conn, position, &mut mark));
+            let read = read?;
+            let ticked = ticked?;
+            if let Some(t) = ticked {
                 park.sequenced(&conn.client, (t.last.0 - t.first.0 + 1) as u64)
                     .await?;
-                progressed = true;
             }
             // The log was read: the next failure starts from the shortest delay. A problem
             // that needed an operator counts as fixed once a session outlives the retry
@@ -250,7 +265,12 @@ impl Capture {
                 self.catalog.withheld.replace(drift);
                 last_shape_check = Some(Instant::now());
             }
-            if progressed {
+            // Read again at once while the log may hold more than was read, and while the
+            // trigger-mode sequencer batches back to back (unparked: no NOTIFY announces
+            // commits). Otherwise every new batch is announced, and a notification that came
+            // during this read ends the wait below at once.
+            let busy = lead && !logical && !park.is_parked();
+            if read.more || (busy && (ticked.is_some() || read.progressed)) {
                 self.status.set_parked(park.is_parked());
                 continue;
             }
@@ -281,25 +301,27 @@ impl Capture {
         }
     }
 
-    /// Reads the next batch after `position` and publishes it. Returns whether there was one.
+    /// Reads the next batch after `position` and publishes it.
     async fn tail(
         &self,
-        client: &Client,
+        conn: &Listener,
         position: &mut Position,
         mark: &mut Option<changelog::Mark>,
-    ) -> Result<bool, CaptureError> {
+    ) -> Result<Tailed, CaptureError> {
         let page = match self.handoff.take(*position) {
             Some(written) => self.enricher.events(written).await?,
             None => {
-                let range = LogRange::after(*position).with_mark(*mark);
+                let range = LogRange::after(*position)
+                    .with_mark(*mark)
+                    .prepared(&conn.reads);
                 self.enricher
-                    .events_after(client, range, self.config.batch_size)
+                    .events_after(&conn.client, range, self.config.batch_size)
                     .await?
             }
         };
         self.status.mark_read(*position);
         let Some(upto) = page.last else {
-            return Ok(false);
+            return Ok(Tailed::default());
         };
         if let Some(first) = page.first_at {
             let age = (time::OffsetDateTime::now_utc() - first)
@@ -313,7 +335,11 @@ impl Capture {
         *position = upto;
         *mark = page.mark;
         self.status.mark_read(upto);
-        Ok(true)
+        Ok(Tailed {
+            progressed: true,
+            // A batch taken from the handoff may have been followed by another already.
+            more: page.more || self.handoff.has_next(upto),
+        })
     }
 
     /// Updates the lag gauge (and, in logical mode, the WAL the slot retains).
@@ -338,6 +364,15 @@ impl Capture {
             handoff: self.handoff.clone(),
         }
     }
+}
+
+/// What one [`Capture::tail`] did.
+#[derive(Debug, Default)]
+struct Tailed {
+    /// It published a batch (its position moved).
+    progressed: bool,
+    /// The log may hold more right after it.
+    more: bool,
 }
 
 /// A task aborted when this handle is dropped.

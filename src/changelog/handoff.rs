@@ -49,6 +49,16 @@ impl Handoff {
         queue.push_back(read);
     }
 
+    /// Whether the batch that follows `after` exactly is here.
+    pub fn has_next(&self, after: Position) -> bool {
+        let queue = self.queue.lock().expect("handoff lock");
+        queue
+            .iter()
+            .find(|r| r.last > Some(after))
+            .and_then(|r| r.changes.first())
+            .is_some_and(|c| c.pos.0 == after.0 + 1)
+    }
+
     /// The batch that follows `after` exactly, if it is here (it holds fewer than two
     /// `capture.batch_size`s: larger transactions are written in chunks, never offered).
     /// Batches at or before `after` are dropped.
@@ -95,7 +105,9 @@ mod tests {
             [11, 12]
         );
         assert_eq!(r.changes[1].data, Some(serde_json::json!({ "id": 2 })));
+        assert!(h.has_next(Position(12)) && !h.has_next(Position(11)));
         assert_eq!(h.take(Position(12)).unwrap().last, Some(Position(13)));
+        assert!(!h.has_next(Position(13)));
         assert!(h.take(Position(13)).is_none());
     }
 

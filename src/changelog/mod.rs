@@ -25,9 +25,11 @@ pub use changes::{
 };
 pub use cursors::{Cursor, advance_outbox, cursor, init_outbox, lock_outbox};
 pub use handoff::Handoff;
-pub use read::{Mark, Read, read};
+pub use read::{Mark, Prepared, Read, read};
 pub use sequencer::{Ticked, park, snapshot_bounds, tick, try_lead, unpark};
-pub use slots::{Slot, lock_position, retained_bytes, slot, store_position, stored_position};
+pub use slots::{
+    Slot, advance_position, lock_position, retained_bytes, slot, store_position, stored_position,
+};
 
 /// Key of the session advisory lock held by the one replica that sequences changes.
 pub const SEQUENCER_LOCK: i64 = 0x726f_7763_6173_7402;

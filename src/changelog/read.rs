@@ -6,8 +6,10 @@
 //! `first_seq` in `id` order. A read finds the batches after its position (one query) and
 //! then reads their changes (one query per batch, pipelined on the connection).
 
-use tokio_postgres::types::Type;
-use tokio_postgres::{GenericClient, Row};
+use std::sync::LazyLock;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Row, Statement};
 
 use crate::event::{Change, Op, Position};
 
@@ -69,19 +71,28 @@ struct Part<'b> {
     after_id: Option<i64>,
 }
 
+/// The common read prepared once on one connection, for a reader that reads again and
+/// again (capture's tail): the server then plans it once instead of on every read, which
+/// cost more than running it. Use it only with the connection it was first used on.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    whole_batches: tokio::sync::OnceCell<Statement>,
+}
+
 /// Sequenced changes in `(after, until]`, in `seq` order, at most `limit` rows; `mark` is
-/// the previous read's, if it ended at `after`.
+/// the previous read's, if it ended at `after`; `prepared` belongs to `client`'s connection.
 pub async fn read<C: GenericClient>(
     client: &C,
     after: Position,
     until: Option<Position>,
     mark: Option<Mark>,
     limit: i64,
+    prepared: Option<&Prepared>,
 ) -> Result<Read, tokio_postgres::Error> {
     let until = until.map_or(i64::MAX, |u| u.0);
     let limit = limit.max(1);
     if mark.is_none()
-        && let Some(read) = read_whole_batches(client, after, until, limit).await?
+        && let Some(read) = read_whole_batches(client, after, until, limit, prepared).await?
     {
         return Ok(read);
     }
@@ -172,16 +183,9 @@ pub async fn read<C: GenericClient>(
     Ok(read)
 }
 
-/// The common case in one query: the batches after `after` when it is a batch boundary and
-/// they fit in `limit`, with all their changes. `None` when that does not apply (`after` is
-/// inside a batch, or the next batch is larger than `limit`): the caller reads by parts.
-async fn read_whole_batches<C: GenericClient>(
-    client: &C,
-    after: Position,
-    until: i64,
-    limit: i64,
-) -> Result<Option<Read>, tokio_postgres::Error> {
-    let sql = format!(
+/// The statement of [`read_whole_batches`] ($1 after, $2 limit, $3 until, $4 batches).
+static WHOLE_BATCHES: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH b AS (
             SELECT x.*,
                    (sum(x.last_seq - x.first_seq + 1) OVER (ORDER BY x.last_seq))::int8 AS upto,
@@ -204,18 +208,36 @@ async fn read_whole_batches<C: GenericClient>(
            ) r ON true
           ORDER BY w.last_seq, r.rn, r.seq",
         membership("w.min_id", "w.max_id", "w.snap", "w.prev", true)
-    );
-    let rows = client
-        .query_typed(
-            &sql,
-            &[
-                (&after.0, Type::INT8),
-                (&limit, Type::INT8),
-                (&until, Type::INT8),
-                (&BATCHES_PER_READ, Type::INT8),
-            ],
-        )
-        .await?;
+    )
+});
+
+/// The common case in one query: the batches after `after` when it is a batch boundary and
+/// they fit in `limit`, with all their changes. `None` when that does not apply (`after` is
+/// inside a batch, or the next batch is larger than `limit`): the caller reads by parts.
+async fn read_whole_batches<C: GenericClient>(
+    client: &C,
+    after: Position,
+    until: i64,
+    limit: i64,
+    prepared: Option<&Prepared>,
+) -> Result<Option<Read>, tokio_postgres::Error> {
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&after.0, Type::INT8),
+        (&limit, Type::INT8),
+        (&until, Type::INT8),
+        (&BATCHES_PER_READ, Type::INT8),
+    ];
+    let rows = match prepared {
+        Some(p) => {
+            let types = params.each_ref().map(|(_, t)| t.clone());
+            let statement = p
+                .whole_batches
+                .get_or_try_init(|| client.prepare_typed(&WHOLE_BATCHES, &types))
+                .await?;
+            client.query(statement, &params.map(|(v, _)| v)).await?
+        }
+        None => client.query_typed(&WHOLE_BATCHES, &params).await?,
+    };
     if rows.is_empty() {
         return Ok(Some(Read::default()));
     }

@@ -100,3 +100,26 @@ pub async fn store_position<C: GenericClient>(
         .await?;
     Ok(())
 }
+
+/// Moves the stored position of `slot` from `expected` to `lsn` (in the transaction that
+/// wrote up to it), without reading it first: if it is no longer at `expected` (another
+/// writer moved it) the statement fails with `serialization_failure` and the transaction
+/// aborts (`sql/009_slot_advance.sql`).
+pub async fn advance_position<C: GenericClient>(
+    client: &C,
+    slot: &str,
+    expected: i64,
+    lsn: u64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute_typed(
+            "SELECT rowcast.advance_slot_position($1, $2, $3)",
+            &[
+                (&slot, Type::TEXT),
+                (&expected, Type::INT8),
+                (&(lsn as i64), Type::INT8),
+            ],
+        )
+        .await?;
+    Ok(())
+}

@@ -45,6 +45,7 @@ impl History for LogHistory {
                 until: Some(until),
                 tables: Some(&tables),
                 mark: None,
+                prepared: None,
             };
             let read = super::read(&**client, range, limit)
                 .await

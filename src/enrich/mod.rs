@@ -55,6 +55,8 @@ pub struct LogRange<'a> {
     pub tables: Option<&'a [String]>,
     /// The previous read's mark, when it ended at `after`.
     pub mark: Option<changelog::Mark>,
+    /// The read prepared on the connection the range is read through, if it has one.
+    pub prepared: Option<&'a changelog::Prepared>,
 }
 
 impl LogRange<'_> {
@@ -65,12 +67,23 @@ impl LogRange<'_> {
             until: None,
             tables: None,
             mark: None,
+            prepared: None,
         }
     }
+}
 
+impl<'a> LogRange<'a> {
     /// Continues where a read that returned `mark` ended (if it did end at `after`).
     pub fn with_mark(self, mark: Option<changelog::Mark>) -> Self {
         LogRange { mark, ..self }
+    }
+
+    /// Reads with `prepared`, which belongs to the connection the range is read through.
+    pub fn prepared(self, prepared: &'a changelog::Prepared) -> Self {
+        LogRange {
+            prepared: Some(prepared),
+            ..self
+        }
     }
 }
 
@@ -188,7 +201,7 @@ impl Enricher {
         seq: Position,
     ) -> Result<Option<(Event, Explanation)>, EnrichError> {
         let after = Position(seq.0.saturating_sub(1));
-        let read = changelog::read(client, after, Some(seq), None, 1).await?;
+        let read = changelog::read(client, after, Some(seq), None, 1, None).await?;
         let (events, mut explanations) = self.enrich_explained(&read.changes, true).await?;
         Ok(events.into_iter().next().zip(explanations.pop()))
     }
@@ -490,7 +503,15 @@ pub async fn read<C: GenericClient>(
     range: LogRange<'_>,
     limit: i64,
 ) -> Result<changelog::Read, tokio_postgres::Error> {
-    let mut read = changelog::read(client, range.after, range.until, range.mark, limit).await?;
+    let mut read = changelog::read(
+        client,
+        range.after,
+        range.until,
+        range.mark,
+        limit,
+        range.prepared,
+    )
+    .await?;
     if let Some(tables) = range.tables {
         read.changes.retain(|c| tables.contains(&c.table));
     }

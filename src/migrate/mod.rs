@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "attempt_private",
         include_str!("../../sql/008_attempt_private.sql"),
     ),
+    (
+        9,
+        "slot_advance",
+        include_str!("../../sql/009_slot_advance.sql"),
+    ),
 ];
 
 /// The embedded migrations not applied to the database yet, as `NNN name` (all of them

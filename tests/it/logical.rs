@@ -210,6 +210,73 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
     drop(rc);
 }
 
+/// Each write moves the stored position from where the writer left it, without reading it
+/// first: a position moved behind its back (as another writer would) fails the write, which
+/// rolls back; capture starts again from the stored position and the change is logged and
+/// delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_capture_refuses_a_stored_position_moved_by_another_writer() {
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let rc = Proc::start(&config, 0, &[]).await;
+    let token = support::token("1", "agent");
+    let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
+    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    let pg = db.client().await;
+    let insert = "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3)";
+    pg.execute(insert, &[&"before"]).await.unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(ev["payload"]["data"]["subject"], "before");
+    let metric = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("rowcast_capture_errors_total "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let errors_before = metric(&support::metrics_text(&rc.http()).await);
+    // Another writer moves the position (one byte on: still before the next commit).
+    pg.execute(
+        "UPDATE rowcast.slot_positions SET lsn = lsn + 1::numeric",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute(insert, &[&"after"]).await.unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(ev["payload"]["data"]["subject"], "after");
+    let errors_after = metric(&support::metrics_text(&rc.http()).await);
+    assert!(
+        errors_after > errors_before,
+        "the write found the position moved and capture started again ({errors_before} → {errors_after})"
+    );
+    pg.execute(insert, &[&"later"]).await.unwrap();
+    let ev = c.next_event().await;
+    assert_eq!(
+        ev["payload"]["data"]["subject"], "later",
+        "one event each, in order"
+    );
+    let logged = db
+        .count(
+            "SELECT count(*) FROM rowcast.changes
+              WHERE tbl = 'public.tickets' AND data->>'subject' = 'after'",
+        )
+        .await;
+    assert_eq!(logged, 1, "the change is in the log once");
+    let stored_moved = db
+        .count(
+            "SELECT count(*) FROM rowcast.slot_positions
+              WHERE lsn >= (SELECT confirmed_flush_lsn FROM pg_replication_slots
+                             WHERE slot_name = 'rowcast')",
+        )
+        .await;
+    assert_eq!(
+        stored_moved, 1,
+        "the stored position is at or past the acknowledged one"
+    );
+    drop(rc);
+}
+
 /// One transaction: 300 inserts, 100 updates, then one DELETE of 150 rows (whose old rows
 /// come as messages at the end of the statement, after every row's delete).
 const LARGE_TRANSACTION: &str = "BEGIN;

@@ -8,10 +8,12 @@
 //! transactional `pg_logical_emit_message` from a small trigger that fires only on those.
 //! Events are the rows as of their commit, in commit order.
 //!
-//! Exactly once: the batch insert and the slot position (`rowcast.slot_positions`, read
-//! `FOR UPDATE`) commit together, and transactions at or before the stored position are
-//! skipped. The slot is acknowledged only after that commit, so a crash in between replays
-//! the transactions and the stored position drops them.
+//! Exactly once: the batch insert and the slot position (`rowcast.slot_positions`) commit
+//! together, and transactions at or before the stored position are skipped. The slot is
+//! acknowledged only after that commit, so a crash in between replays the transactions and
+//! the stored position drops them. The writer reads the stored position when it starts (and
+//! under a lock after a large transaction); each write then moves it from where it must
+//! still be, in the write's one round trip, and fails if anyone else moved it.
 //!
 //! A transaction larger than `capture.batch_size` is not held until its commit message:
 //! its changes are written in chunks inside one database transaction that commits with
@@ -94,9 +96,17 @@ struct Pending {
     changes: usize,
 }
 
-/// The batch being written while the stream is read on: it ends with the position to
-/// acknowledge.
-type InFlight = super::AbortOnDrop<Result<Lsn, LogicalError>>;
+/// The batch being written while the stream is read on.
+type InFlight = super::AbortOnDrop<Result<Written, LogicalError>>;
+
+/// A committed write.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// The position the slot may be acknowledged at.
+    ack: Lsn,
+    /// The stored position it left: the next write expects it there.
+    stored: i64,
+}
 
 /// Streams the slot into `rowcast.changes` until an error. Runs on the sequencer replica
 /// only (the caller holds the sequencer lock); every written batch is offered to
@@ -124,6 +134,9 @@ impl SlotConsumer {
             let _ = driver.await;
         }));
         let stored = changelog::stored_position(&*client, &this.config.slot).await?;
+        // Where the stored position is, as far as this writer knows: a write moves it from
+        // there without reading it first (`None`: read it under a lock).
+        let mut known = Some(stored as i64);
         let mut repl = ReplicationClient::connect(this.replication_config()?).await?;
         repl.wait_started().await?;
         tracing::info!(slot = %this.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
@@ -154,8 +167,8 @@ impl SlotConsumer {
             // a few dozen changes instead of a batch.
             let finished = inflight.as_ref().is_some_and(|w| w.0.is_finished());
             if finished && !open && pending.changes > 0 {
-                settle(&mut inflight, &repl).await?;
-                inflight = Some(this.start_write(&client, &mut pending));
+                settle(&mut inflight, &repl, &mut known).await?;
+                inflight = Some(this.start_write(&client, &mut pending, known));
             }
             let ready = !open && pending.changes > 0;
             let event = match ready {
@@ -165,12 +178,12 @@ impl SlotConsumer {
             let event = match event {
                 Some(ev) if pending.changes < batch => ev?,
                 Some(ev) => {
-                    settle(&mut inflight, &repl).await?;
-                    inflight = Some(this.start_write(&client, &mut pending));
+                    settle(&mut inflight, &repl, &mut known).await?;
+                    inflight = Some(this.start_write(&client, &mut pending, known));
                     ev?
                 }
                 None if ready && inflight.is_none() => {
-                    inflight = Some(this.start_write(&client, &mut pending));
+                    inflight = Some(this.start_write(&client, &mut pending, known));
                     continue;
                 }
                 None => match inflight.as_mut() {
@@ -178,7 +191,9 @@ impl SlotConsumer {
                         ev = repl.recv() => ev?,
                         done = &mut w.0 => {
                             inflight = None;
-                            repl.update_applied_lsn(written(done)?);
+                            let w = written(done)?;
+                            known = Some(w.stored);
+                            repl.update_applied_lsn(w.ack);
                             continue;
                         }
                     },
@@ -210,7 +225,7 @@ impl SlotConsumer {
                     if relation {
                         // A relation is (re)announced: check it against what `migrate`
                         // installed as of now, and learn how its column types render.
-                        settle(&mut inflight, &repl).await?;
+                        settle(&mut inflight, &repl, &mut known).await?;
                         decoder.set_installed(crate::catalog::installed_visible(&*client).await?);
                     }
                     decoder.message(msg.message)?;
@@ -234,6 +249,7 @@ impl SlotConsumer {
                     let l = large.take().expect("checked by the guard");
                     this.finish_large(&client, l, &mut decoder, commit_time, end_lsn.as_u64())
                         .await?;
+                    known = None; // moved by the large transaction: read it again
                     repl.update_applied_lsn(end_lsn);
                     continue;
                 }
@@ -262,10 +278,10 @@ impl SlotConsumer {
             if open && decoder.buffered() >= batch {
                 if large.is_none() {
                     // Earlier transactions first, each with its own position.
-                    settle(&mut inflight, &repl).await?;
+                    settle(&mut inflight, &repl, &mut known).await?;
                     if !pending.txns.is_empty() {
-                        inflight = Some(this.start_write(&client, &mut pending));
-                        settle(&mut inflight, &repl).await?;
+                        inflight = Some(this.start_write(&client, &mut pending, known));
+                        settle(&mut inflight, &repl, &mut known).await?;
                     }
                     large = Some(this.start_large(&client, final_lsn).await?);
                 }
@@ -281,36 +297,44 @@ impl SlotConsumer {
         self: &Arc<Self>,
         client: &Arc<tokio_postgres::Client>,
         pending: &mut Pending,
+        known: Option<i64>,
     ) -> InFlight {
         let (this, client, pending) = (self.clone(), client.clone(), std::mem::take(pending));
-        super::AbortOnDrop(tokio::spawn(
-            async move { this.write(&client, pending).await },
-        ))
+        super::AbortOnDrop(tokio::spawn(async move {
+            this.write(&client, pending, known).await
+        }))
     }
 
     /// Appends the pending transactions (those after the stored position) to the log with
-    /// their `seq`, moves the stored position and announces them. Returns the position the
-    /// slot may be acknowledged at, once committed.
+    /// their `seq`, moves the stored position and announces them, in one transaction.
+    ///
+    /// With the stored position `known` this is one round trip: BEGIN, the rows, the
+    /// announcement, the position moved from where it must still be, and COMMIT go out
+    /// together, and a position someone else moved fails the move, so the COMMIT rolls
+    /// back and the error ends the stream (its retry reads the stored position again).
+    /// Without it (after a large transaction) the position is read under a lock first.
     async fn write(
         &self,
         client: &tokio_postgres::Client,
         mut pending: Pending,
-    ) -> Result<Lsn, LogicalError> {
+        known: Option<i64>,
+    ) -> Result<Written, LogicalError> {
         let last_lsn = pending.txns.last().map_or(0, |t| t.0);
-
-        // Two round trips: BEGIN with the position's lock, then the rows, the announcement,
-        // the new position and COMMIT in one pipeline. A failure anywhere aborts the
-        // transaction (its COMMIT then rolls back) and is returned.
-        let (begun, stored) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            changelog::lock_position(client, &self.config.slot)
-        );
-        begun?;
-        let stored = match stored {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e.into());
+        let stored = match known {
+            Some(k) => k,
+            None => {
+                let (begun, stored) = tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    changelog::lock_position(client, &self.config.slot)
+                );
+                begun?;
+                match stored {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(e.into());
+                    }
+                }
             }
         };
         let mut times = Vec::with_capacity(pending.changes);
@@ -323,8 +347,12 @@ impl SlotConsumer {
             times.extend(std::iter::repeat_n(time, txn.len()));
             changes.extend(txn);
         }
+        // What the decoded rows lack is read from the application's tables: outside the
+        // transaction when it has not begun yet (nothing of it is needed there).
         if let Err(e) = complete::complete(client, &self.catalog, &mut changes).await {
-            let _ = client.batch_execute("ROLLBACK").await;
+            if known.is_none() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
             return Err(e.into());
         }
         let n = changes.len();
@@ -333,6 +361,12 @@ impl SlotConsumer {
             .zip(times)
             .map(|(c, time)| c.at(time))
             .collect();
+        let begin = async {
+            match known {
+                Some(_) => client.batch_execute("BEGIN").await,
+                None => Ok(()),
+            }
+        };
         let notify = async {
             match n {
                 0 => Ok(()),
@@ -343,21 +377,26 @@ impl SlotConsumer {
                 }
             }
         };
+        let moves = last_lsn as i64 > stored;
         let store = async {
-            match last_lsn as i64 > stored {
-                true => changelog::store_position(client, &self.config.slot, last_lsn).await,
-                false => Ok(()),
+            let slot = &self.config.slot;
+            match (moves, known) {
+                (false, _) => Ok(()),
+                (true, Some(k)) => changelog::advance_position(client, slot, k, last_lsn).await,
+                (true, None) => changelog::store_position(client, slot, last_lsn).await,
             }
         };
         let append = changelog::append(client, &rows);
         let commit = client.batch_execute("COMMIT");
-        let (seqs, notified, moved, committed) = if n < changelog::COPY_FROM {
-            let (appended, notified, moved, committed) =
-                tokio::join!(append, notify, store, commit);
-            (appended?, notified, moved, committed)
+        // Polled in this order, so sent in this order on the connection.
+        let (begun, seqs, notified, moved, committed) = if n < changelog::COPY_FROM {
+            let (begun, appended, notified, moved, committed) =
+                tokio::join!(begin, append, notify, store, commit);
+            (begun, appended?, notified, moved, committed)
         } else {
             // Copied in: several statements, which nothing may overtake.
-            let seqs = match append.await {
+            let (begun, appended) = tokio::join!(begin, append);
+            let seqs = match appended {
                 Ok(seqs) => seqs,
                 Err(e) => {
                     let _ = client.batch_execute("ROLLBACK").await;
@@ -365,10 +404,11 @@ impl SlotConsumer {
                 }
             };
             let (notified, moved, committed) = tokio::join!(notify, store, commit);
-            (seqs, notified, moved, committed)
+            (begun, seqs, notified, moved, committed)
         };
-        notified?;
+        begun?;
         moved?;
+        notified?;
         committed?;
         metrics::counter!("rowcast_capture_decoded_changes_total").increment(n as u64);
         if n > 0 {
@@ -376,7 +416,10 @@ impl SlotConsumer {
             self.handoff.offer(rows, &seqs);
             self.wake.notify_one();
         }
-        Ok(Lsn::from_u64(last_lsn))
+        Ok(Written {
+            ack: Lsn::from_u64(last_lsn),
+            stored: stored.max(last_lsn as i64),
+        })
     }
 
     fn replication_config(&self) -> Result<ReplicationConfig, LogicalError> {
@@ -394,9 +437,12 @@ impl SlotConsumer {
 async fn settle(
     inflight: &mut Option<InFlight>,
     repl: &ReplicationClient,
+    known: &mut Option<i64>,
 ) -> Result<(), LogicalError> {
     if let Some(mut w) = inflight.take() {
-        repl.update_applied_lsn(written((&mut w.0).await)?);
+        let w = written((&mut w.0).await)?;
+        *known = Some(w.stored);
+        repl.update_applied_lsn(w.ack);
     }
     Ok(())
 }
@@ -405,8 +451,8 @@ async fn settle(
 /// here, as it did when the write ran inline (the task is only ever aborted by dropping
 /// its handle, so it cannot have been cancelled).
 fn written(
-    done: Result<Result<Lsn, LogicalError>, tokio::task::JoinError>,
-) -> Result<Lsn, LogicalError> {
+    done: Result<Result<Written, LogicalError>, tokio::task::JoinError>,
+) -> Result<Written, LogicalError> {
     done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
