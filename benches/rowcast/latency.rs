@@ -194,7 +194,18 @@ pub async fn run_with(
     warm_up(&db, rate).await;
     let (cpu0, client0) = (rc.cpu_secs(), clients_cpu());
     let perf = setup::Perf::attach(rc.pid());
+    let statements = statements_wanted();
+    if statements {
+        db.batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+        )
+        .await
+        .expect("pg_stat_statements");
+    }
     let commits = write(&db, rate, seconds).await;
+    if statements {
+        print_statements(&db).await;
+    }
     drop(perf);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rowcast_cpu = rc.cpu_secs() - cpu0;
@@ -246,7 +257,52 @@ pub fn pg_options() -> PgTempOptions {
     let mut options = PgTempOptions::default();
     let sync = std::env::var("BENCH_SYNC_COMMIT").unwrap_or_else(|_| "on".into());
     options.settings.push(("synchronous_commit".into(), sync));
+    if statements_wanted() {
+        for (name, value) in [
+            ("shared_preload_libraries", "pg_stat_statements"),
+            ("pg_stat_statements.track", "all"),
+            ("pg_stat_statements.track_planning", "on"),
+        ] {
+            options.settings.push((name.into(), value.into()));
+        }
+    }
     options
+}
+
+/// `BENCH_STATEMENTS=1`: the run's statements (`pg_stat_statements`, planning included),
+/// printed after the measured writes.
+fn statements_wanted() -> bool {
+    std::env::var_os("BENCH_STATEMENTS").is_some()
+}
+
+/// The 15 statements that took the server longest during the measured writes.
+async fn print_statements(db: &tokio_postgres::Client) {
+    let rows = db
+        .query(
+            "SELECT calls, plans, mean_plan_time, mean_exec_time,
+                    total_plan_time + total_exec_time,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 120)
+               FROM pg_stat_statements
+              WHERE query NOT LIKE '%pg_stat_statements%'
+              ORDER BY total_plan_time + total_exec_time DESC LIMIT 15",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements");
+    println!("\n| calls | plans | plan ms (mean) | run ms (mean) | total ms | statement |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.1} | `{}` |",
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, f64>(2),
+            r.get::<_, f64>(3),
+            r.get::<_, f64>(4),
+            r.get::<_, String>(5).replace('|', "\\|"),
+        );
+    }
+    println!();
 }
 
 /// Receive minus commit time of every received bench key, sorted (ms).

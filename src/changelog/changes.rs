@@ -2,7 +2,9 @@
 //! appending (logical mode), retention.
 
 use tokio_postgres::GenericClient;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::Prepared;
 
 use crate::event::{Change, Op, Position};
 
@@ -155,10 +157,11 @@ pub const COPY_FROM: usize = 64;
 pub async fn append(
     client: &tokio_postgres::Client,
     rows: &[NewChange],
+    prepared: Option<&Prepared>,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     match rows.len() {
         0 => Ok(Vec::new()),
-        n if n < COPY_FROM => insert(client, rows).await,
+        n if n < COPY_FROM => insert(client, rows, prepared).await,
         _ => copy(client, rows).await,
     }
 }
@@ -252,10 +255,26 @@ impl tokio_postgres::types::ToSql for NoTxid {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// [`append`] for a small batch: one statement.
+/// [`insert`]'s statement.
+const INSERT: &str = "WITH ins AS (
+        INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
+        SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old,
+               u.data, u.withheld, NULL
+          FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
+                      $6::jsonb[], $7::text[])
+               WITH ORDINALITY AS u(at, op, tbl, pk, old, data, withheld, ord)
+         ORDER BY u.ord
+        RETURNING seq, at),
+     batch AS (
+        INSERT INTO rowcast.batches (first_seq, last_seq, at)
+        SELECT min(seq), max(seq), min(at) FROM ins)
+     SELECT seq FROM ins";
+
+/// [`append`] for a small batch: one statement (prepared once with `prepared`).
 async fn insert(
     client: &tokio_postgres::Client,
     rows: &[NewChange],
+    prepared: Option<&Prepared>,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     let mut cols = AppendColumns::default();
     for c in rows {
@@ -268,35 +287,24 @@ async fn insert(
         cols.withheld.push(c.withheld.as_deref());
     }
     // `unnest` yields the rows in order, so `nextval` numbers them in order too.
-    let mut seqs: Vec<i64> = client
-        .query_typed(
-            "WITH ins AS (
-                INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
-                SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old,
-                       u.data, u.withheld, NULL
-                  FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
-                              $6::jsonb[], $7::text[])
-                       WITH ORDINALITY AS u(at, op, tbl, pk, old, data, withheld, ord)
-                 ORDER BY u.ord
-                RETURNING seq, at),
-             batch AS (
-                INSERT INTO rowcast.batches (first_seq, last_seq, at)
-                SELECT min(seq), max(seq), min(at) FROM ins)
-             SELECT seq FROM ins",
-            &[
-                (&cols.at, Type::TIMESTAMPTZ_ARRAY),
-                (&cols.op, Type::TEXT_ARRAY),
-                (&cols.tbl, Type::TEXT_ARRAY),
-                (&cols.pk, Type::JSONB_ARRAY),
-                (&cols.old, Type::JSONB_ARRAY),
-                (&cols.data, Type::JSONB_ARRAY),
-                (&cols.withheld, Type::TEXT_ARRAY),
-            ],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let params: [(&(dyn ToSql + Sync), Type); 7] = [
+        (&cols.at, Type::TIMESTAMPTZ_ARRAY),
+        (&cols.op, Type::TEXT_ARRAY),
+        (&cols.tbl, Type::TEXT_ARRAY),
+        (&cols.pk, Type::JSONB_ARRAY),
+        (&cols.old, Type::JSONB_ARRAY),
+        (&cols.data, Type::JSONB_ARRAY),
+        (&cols.withheld, Type::TEXT_ARRAY),
+    ];
+    let rows = match prepared {
+        Some(p) => {
+            let types = params.each_ref().map(|(_, t)| t.clone());
+            let statement = Prepared::get(&p.insert, client, INSERT, &types).await?;
+            client.query(statement, &params.map(|(v, _)| v)).await?
+        }
+        None => client.query_typed(INSERT, &params).await?,
+    };
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     seqs.sort_unstable();
     Ok(seqs)
 }

@@ -8,6 +8,7 @@
 
 use std::sync::LazyLock;
 
+use tokio::sync::OnceCell;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Row, Statement};
 
@@ -71,12 +72,27 @@ struct Part<'b> {
     after_id: Option<i64>,
 }
 
-/// The common read prepared once on one connection, for a reader that reads again and
-/// again (capture's tail): the server then plans it once instead of on every read, which
-/// cost more than running it. Use it only with the connection it was first used on.
+/// The log's hot statements, each prepared on first use on one connection, for a reader or
+/// writer that runs them again and again (capture's tail, the logical writer): the server
+/// then plans them once instead of on every run, which cost more than running them. Use it
+/// only with the connection it was first used on.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    whole_batches: tokio::sync::OnceCell<Statement>,
+    whole_batches: OnceCell<Statement>,
+    pub(super) insert: OnceCell<Statement>,
+}
+
+impl Prepared {
+    /// `sql` with parameters of `types`, prepared on `client` the first time.
+    pub(super) async fn get<'p, C: GenericClient>(
+        cell: &'p OnceCell<Statement>,
+        client: &C,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<&'p Statement, tokio_postgres::Error> {
+        cell.get_or_try_init(|| client.prepare_typed(sql, types))
+            .await
+    }
 }
 
 /// Sequenced changes in `(after, until]`, in `seq` order, at most `limit` rows; `mark` is
@@ -230,10 +246,7 @@ async fn read_whole_batches<C: GenericClient>(
     let rows = match prepared {
         Some(p) => {
             let types = params.each_ref().map(|(_, t)| t.clone());
-            let statement = p
-                .whole_batches
-                .get_or_try_init(|| client.prepare_typed(&WHOLE_BATCHES, &types))
-                .await?;
+            let statement = Prepared::get(&p.whole_batches, client, &WHOLE_BATCHES, &types).await?;
             client.query(statement, &params.map(|(v, _)| v)).await?
         }
         None => client.query_typed(&WHOLE_BATCHES, &params).await?,

@@ -20,6 +20,9 @@ use crate::changelog;
 use crate::enrich::{Enricher, LogRange};
 use crate::retry::Backoff;
 
+/// Least time between two steps while no endpoint is enabled.
+const NO_ENDPOINTS_PAUSE: Duration = Duration::from_millis(250);
+
 /// What one enqueue step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -27,6 +30,8 @@ pub enum Step {
     Busy,
     /// Nothing new after the cursor.
     Idle,
+    /// No endpoint is enabled: the cursor moved past every change without reading them.
+    NoEndpoints,
     /// Read `changes` changes and inserted `deliveries` deliveries; `more`: the log may
     /// hold more after them.
     Wrote {
@@ -60,11 +65,7 @@ pub async fn step(
         changelog::advance_outbox(&*tx, newest).await?;
         tx.commit().await?;
         *mark = None;
-        return Ok(Step::Wrote {
-            changes: 0,
-            deliveries: 0,
-            more: false,
-        });
+        return Ok(Step::NoEndpoints);
     }
     let page = enricher
         .events_after(&*tx, LogRange::after(after).with_mark(*mark), batch)
@@ -150,6 +151,18 @@ pub async fn run(
                 }
                 Ok(Step::Busy | Step::Idle) => {
                     backoff.reset();
+                    break;
+                }
+                Ok(Step::NoEndpoints) => {
+                    // Nothing to deliver to: moving the cursor once per pause instead of
+                    // after every capture batch spares the database a transaction per
+                    // batch. A change committed after an endpoint appears is still after
+                    // the cursor, so the endpoint gets it on the next step.
+                    backoff.reset();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(NO_ENDPOINTS_PAUSE.min(interval)) => {}
+                    }
                     break;
                 }
                 Err(e) => {

@@ -61,6 +61,7 @@ impl SlotConsumer {
         let seqs = changelog::append(
             client,
             &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
+            None,
         )
         .await?;
         decoder.written(&seqs);
@@ -89,6 +90,7 @@ impl SlotConsumer {
         changelog::append(
             client,
             &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
+            None,
         )
         .await?;
         changelog::fix_old_rows(client, fixes).await?;

@@ -96,6 +96,12 @@ struct Pending {
     changes: usize,
 }
 
+/// The writer's connection, with the statements prepared on it.
+struct WriterConn {
+    client: tokio_postgres::Client,
+    prepared: changelog::Prepared,
+}
+
 /// The batch being written while the stream is read on.
 type InFlight = super::AbortOnDrop<Result<Written, LogicalError>>;
 
@@ -128,12 +134,16 @@ impl SlotConsumer {
         let (client, connection) = crate::db::session(&this.database_url)?
             .connect(this.tls.clone())
             .await?;
-        let client = Arc::new(client);
+        let conn = Arc::new(WriterConn {
+            client,
+            prepared: changelog::Prepared::default(),
+        });
+        let client = &conn.client;
         let driver = tokio::spawn(connection);
         let _driver = super::AbortOnDrop(tokio::spawn(async move {
             let _ = driver.await;
         }));
-        let stored = changelog::stored_position(&*client, &this.config.slot).await?;
+        let stored = changelog::stored_position(client, &this.config.slot).await?;
         // Where the stored position is, as far as this writer knows: a write moves it from
         // there without reading it first (`None`: read it under a lock).
         let mut known = Some(stored as i64);
@@ -142,7 +152,7 @@ impl SlotConsumer {
         tracing::info!(slot = %this.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
         let mut parser = LogicalReplicationParser::with_protocol_version(1);
         let mut decoder = Decoder::new(this.catalog.clone());
-        decoder.set_installed(crate::catalog::installed_visible(&*client).await?);
+        decoder.set_installed(crate::catalog::installed_visible(client).await?);
         let mut pending = Pending::default();
         // The stream is read and decoded while a batch is written (one at a time, in
         // order): the WAL sender, this loop and the database's insert run side by side
@@ -168,7 +178,7 @@ impl SlotConsumer {
             let finished = inflight.as_ref().is_some_and(|w| w.0.is_finished());
             if finished && !open && pending.changes > 0 {
                 settle(&mut inflight, &repl, &mut known).await?;
-                inflight = Some(this.start_write(&client, &mut pending, known));
+                inflight = Some(this.start_write(&conn, &mut pending, known));
             }
             let ready = !open && pending.changes > 0;
             let event = match ready {
@@ -179,11 +189,11 @@ impl SlotConsumer {
                 Some(ev) if pending.changes < batch => ev?,
                 Some(ev) => {
                     settle(&mut inflight, &repl, &mut known).await?;
-                    inflight = Some(this.start_write(&client, &mut pending, known));
+                    inflight = Some(this.start_write(&conn, &mut pending, known));
                     ev?
                 }
                 None if ready && inflight.is_none() => {
-                    inflight = Some(this.start_write(&client, &mut pending, known));
+                    inflight = Some(this.start_write(&conn, &mut pending, known));
                     continue;
                 }
                 None => match inflight.as_mut() {
@@ -226,14 +236,13 @@ impl SlotConsumer {
                         // A relation is (re)announced: check it against what `migrate`
                         // installed as of now, and learn how its column types render.
                         settle(&mut inflight, &repl, &mut known).await?;
-                        decoder.set_installed(crate::catalog::installed_visible(&*client).await?);
+                        decoder.set_installed(crate::catalog::installed_visible(client).await?);
                     }
                     decoder.message(msg.message)?;
                     if relation {
                         let needed = decoder.types_needed();
                         if !needed.is_empty() {
-                            decoder
-                                .add_types(&crate::catalog::type_facts(&*client, &needed).await?);
+                            decoder.add_types(&crate::catalog::type_facts(client, &needed).await?);
                         }
                     }
                 }
@@ -247,7 +256,7 @@ impl SlotConsumer {
                 ReplicationEvent::Commit { end_lsn, .. } if large.is_some() => {
                     open = false;
                     let l = large.take().expect("checked by the guard");
-                    this.finish_large(&client, l, &mut decoder, commit_time, end_lsn.as_u64())
+                    this.finish_large(client, l, &mut decoder, commit_time, end_lsn.as_u64())
                         .await?;
                     known = None; // moved by the large transaction: read it again
                     repl.update_applied_lsn(end_lsn);
@@ -280,13 +289,13 @@ impl SlotConsumer {
                     // Earlier transactions first, each with its own position.
                     settle(&mut inflight, &repl, &mut known).await?;
                     if !pending.txns.is_empty() {
-                        inflight = Some(this.start_write(&client, &mut pending, known));
+                        inflight = Some(this.start_write(&conn, &mut pending, known));
                         settle(&mut inflight, &repl, &mut known).await?;
                     }
-                    large = Some(this.start_large(&client, final_lsn).await?);
+                    large = Some(this.start_large(client, final_lsn).await?);
                 }
                 let l = large.as_mut().expect("just set");
-                this.write_chunk(&client, l, &mut decoder, commit_time)
+                this.write_chunk(client, l, &mut decoder, commit_time)
                     .await?;
             }
         }
@@ -295,13 +304,13 @@ impl SlotConsumer {
     /// Starts writing the pending transactions; the caller has settled the previous write.
     fn start_write(
         self: &Arc<Self>,
-        client: &Arc<tokio_postgres::Client>,
+        conn: &Arc<WriterConn>,
         pending: &mut Pending,
         known: Option<i64>,
     ) -> InFlight {
-        let (this, client, pending) = (self.clone(), client.clone(), std::mem::take(pending));
+        let (this, conn, pending) = (self.clone(), conn.clone(), std::mem::take(pending));
         super::AbortOnDrop(tokio::spawn(async move {
-            this.write(&client, pending, known).await
+            this.write(&conn, pending, known).await
         }))
     }
 
@@ -315,10 +324,11 @@ impl SlotConsumer {
     /// Without it (after a large transaction) the position is read under a lock first.
     async fn write(
         &self,
-        client: &tokio_postgres::Client,
+        conn: &WriterConn,
         mut pending: Pending,
         known: Option<i64>,
     ) -> Result<Written, LogicalError> {
+        let client = &conn.client;
         let last_lsn = pending.txns.last().map_or(0, |t| t.0);
         let stored = match known {
             Some(k) => k,
@@ -386,7 +396,7 @@ impl SlotConsumer {
                 (true, None) => changelog::store_position(client, slot, last_lsn).await,
             }
         };
-        let append = changelog::append(client, &rows);
+        let append = changelog::append(client, &rows, Some(&conn.prepared));
         let commit = client.batch_execute("COMMIT");
         // Polled in this order, so sent in this order on the connection.
         let (begun, seqs, notified, moved, committed) = if n < changelog::COPY_FROM {
