@@ -171,6 +171,21 @@ async fn one(mode: CaptureMode, seconds: u64) -> String {
         .filter(|(k, _)| **k != last)
         .filter_map(|(k, c)| first_at_or_after.get(k).map(|a| (a - c).max(0.0)))
         .collect();
+    if let Some(path) = std::env::var_os("BENCH_DUMP") {
+        // `key seconds_since_start lag_ms` per probe, to see when the slow ones happen.
+        let start = commits.values().copied().fold(f64::INFINITY, f64::min);
+        let mut rows: Vec<(u64, f64, f64)> = commits
+            .iter()
+            .filter_map(|(k, c)| first_at_or_after.get(k).map(|a| (*k, c, (a - c).max(0.0))))
+            .map(|(k, c, l)| (k, (c - start) / 1000.0, l))
+            .collect();
+        rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let text: String = rows
+            .iter()
+            .map(|(k, at, l)| format!("{k} {at:.1} {l:.1}\n"))
+            .collect();
+        std::fs::write(path, text).expect("write BENCH_DUMP");
+    }
     lag.sort_by(|a, b| a.total_cmp(b));
     let caught_up = arrived.get(&last).map(|a| a - stopped).unwrap_or(f64::NAN);
     let missing = commits.len() - 1 - lag.len();
