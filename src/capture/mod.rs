@@ -116,7 +116,7 @@ struct Listener {
     /// those notifications no longer wake it for a read that would find nothing.
     sequencing: Arc<AtomicBool>,
     lost: CancellationToken,
-    /// The log's hot read, prepared once on this connection.
+    /// The log's hot read, prepared on this connection.
     reads: changelog::Prepared,
     _driver: AbortOnDrop,
 }
@@ -154,12 +154,13 @@ impl Listener {
                 "LISTEN {WAKE_CHANNEL}; LISTEN {SEQUENCED_CHANNEL}"
             ))
             .await?;
+        let reads = changelog::Prepared::new(&client).await?;
         Ok(Listener {
             client,
             wake,
             sequencing,
             lost,
-            reads: changelog::Prepared::default(),
+            reads,
             _driver: AbortOnDrop(driver),
         })
     }

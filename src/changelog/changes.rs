@@ -255,8 +255,19 @@ impl tokio_postgres::types::ToSql for NoTxid {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// [`insert`]'s statement.
-const INSERT: &str = "WITH ins AS (
+/// The parameters of [`insert`]'s statement.
+pub(super) const INSERT_TYPES: [Type; 7] = [
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TEXT_ARRAY,
+];
+
+/// [`insert`]'s statement, whose parameters are [`INSERT_TYPES`].
+pub(super) const INSERT: &str = "WITH ins AS (
         INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
         SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old,
                u.data, u.withheld, NULL
@@ -270,7 +281,7 @@ const INSERT: &str = "WITH ins AS (
         SELECT min(seq), max(seq), min(at) FROM ins)
      SELECT seq FROM ins";
 
-/// [`append`] for a small batch: one statement (prepared once with `prepared`).
+/// [`append`] for a small batch: one statement (`prepared`'s, if given).
 async fn insert(
     client: &tokio_postgres::Client,
     rows: &[NewChange],
@@ -287,22 +298,22 @@ async fn insert(
         cols.withheld.push(c.withheld.as_deref());
     }
     // `unnest` yields the rows in order, so `nextval` numbers them in order too.
-    let params: [(&(dyn ToSql + Sync), Type); 7] = [
-        (&cols.at, Type::TIMESTAMPTZ_ARRAY),
-        (&cols.op, Type::TEXT_ARRAY),
-        (&cols.tbl, Type::TEXT_ARRAY),
-        (&cols.pk, Type::JSONB_ARRAY),
-        (&cols.old, Type::JSONB_ARRAY),
-        (&cols.data, Type::JSONB_ARRAY),
-        (&cols.withheld, Type::TEXT_ARRAY),
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &cols.at,
+        &cols.op,
+        &cols.tbl,
+        &cols.pk,
+        &cols.old,
+        &cols.data,
+        &cols.withheld,
     ];
     let rows = match prepared {
-        Some(p) => {
-            let types = params.each_ref().map(|(_, t)| t.clone());
-            let statement = Prepared::get(&p.insert, client, INSERT, &types).await?;
-            client.query(statement, &params.map(|(v, _)| v)).await?
+        Some(p) => client.query(&p.insert, &params).await?,
+        None => {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+                params.into_iter().zip(INSERT_TYPES).collect();
+            client.query_typed(INSERT, &typed).await?
         }
-        None => client.query_typed(INSERT, &params).await?,
     };
     let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     seqs.sort_unstable();

@@ -15,6 +15,7 @@
 mod changes;
 mod cursors;
 mod handoff;
+mod prepared;
 mod read;
 mod sequencer;
 mod slots;
@@ -25,7 +26,8 @@ pub use changes::{
 };
 pub use cursors::{Cursor, advance_outbox, cursor, init_outbox, lock_outbox};
 pub use handoff::Handoff;
-pub use read::{Mark, Prepared, Read, read};
+pub use prepared::Prepared;
+pub use read::{Mark, Read, read};
 pub use sequencer::{Ticked, park, snapshot_bounds, tick, try_lead, unpark};
 pub use slots::{
     Slot, advance_position, lock_position, retained_bytes, slot, store_position, stored_position,

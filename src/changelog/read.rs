@@ -8,9 +8,10 @@
 
 use std::sync::LazyLock;
 
-use tokio::sync::OnceCell;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{GenericClient, Row, Statement};
+use tokio_postgres::{GenericClient, Row};
+
+use super::Prepared;
 
 use crate::event::{Change, Op, Position};
 
@@ -70,29 +71,6 @@ struct Part<'b> {
     limit: i64,
     /// Snapshot batches: continue after this row id (from a [`Mark`]) instead of skipping.
     after_id: Option<i64>,
-}
-
-/// The log's hot statements, each prepared on first use on one connection, for a reader or
-/// writer that runs them again and again (capture's tail, the logical writer): the server
-/// then plans them once instead of on every run, which cost more than running them. Use it
-/// only with the connection it was first used on.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    whole_batches: OnceCell<Statement>,
-    pub(super) insert: OnceCell<Statement>,
-}
-
-impl Prepared {
-    /// `sql` with parameters of `types`, prepared on `client` the first time.
-    pub(super) async fn get<'p, C: GenericClient>(
-        cell: &'p OnceCell<Statement>,
-        client: &C,
-        sql: &str,
-        types: &[Type],
-    ) -> Result<&'p Statement, tokio_postgres::Error> {
-        cell.get_or_try_init(|| client.prepare_typed(sql, types))
-            .await
-    }
 }
 
 /// Sequenced changes in `(after, until]`, in `seq` order, at most `limit` rows; `mark` is
@@ -199,8 +177,11 @@ pub async fn read<C: GenericClient>(
     Ok(read)
 }
 
-/// The statement of [`read_whole_batches`] ($1 after, $2 limit, $3 until, $4 batches).
-static WHOLE_BATCHES: LazyLock<String> = LazyLock::new(|| {
+/// The parameters of [`read_whole_batches`]'s statement: after, limit, until, batches.
+pub(super) const WHOLE_BATCHES_TYPES: [Type; 4] = [Type::INT8, Type::INT8, Type::INT8, Type::INT8];
+
+/// The statement of [`read_whole_batches`], whose parameters are [`WHOLE_BATCHES_TYPES`].
+pub(super) static WHOLE_BATCHES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH b AS (
             SELECT x.*,
@@ -238,16 +219,16 @@ async fn read_whole_batches<C: GenericClient>(
     prepared: Option<&Prepared>,
 ) -> Result<Option<Read>, tokio_postgres::Error> {
     let params: [(&(dyn ToSql + Sync), Type); 4] = [
-        (&after.0, Type::INT8),
-        (&limit, Type::INT8),
-        (&until, Type::INT8),
-        (&BATCHES_PER_READ, Type::INT8),
+        (&after.0, WHOLE_BATCHES_TYPES[0].clone()),
+        (&limit, WHOLE_BATCHES_TYPES[1].clone()),
+        (&until, WHOLE_BATCHES_TYPES[2].clone()),
+        (&BATCHES_PER_READ, WHOLE_BATCHES_TYPES[3].clone()),
     ];
     let rows = match prepared {
         Some(p) => {
-            let types = params.each_ref().map(|(_, t)| t.clone());
-            let statement = Prepared::get(&p.whole_batches, client, &WHOLE_BATCHES, &types).await?;
-            client.query(statement, &params.map(|(v, _)| v)).await?
+            client
+                .query(&p.whole_batches, &params.map(|(v, _)| v))
+                .await?
         }
         None => client.query_typed(&WHOLE_BATCHES, &params).await?,
     };

@@ -134,15 +134,15 @@ impl SlotConsumer {
         let (client, connection) = crate::db::session(&this.database_url)?
             .connect(this.tls.clone())
             .await?;
-        let conn = Arc::new(WriterConn {
-            client,
-            prepared: changelog::Prepared::default(),
-        });
-        let client = &conn.client;
         let driver = tokio::spawn(connection);
         let _driver = super::AbortOnDrop(tokio::spawn(async move {
             let _ = driver.await;
         }));
+        let conn = Arc::new(WriterConn {
+            prepared: changelog::Prepared::new(&client).await?,
+            client,
+        });
+        let client = &conn.client;
         let stored = changelog::stored_position(client, &this.config.slot).await?;
         // Where the stored position is, as far as this writer knows: a write moves it from
         // there without reading it first (`None`: read it under a lock).
