@@ -84,16 +84,9 @@ pub fn parse_since(value: Option<&str>, what: &str) -> Result<Option<Position>, 
 
 /// Sleeps until `user`'s token expires.
 pub fn expiry_sleep(user: &User) -> tokio::time::Sleep {
-    tokio::time::sleep_until(expiry_deadline(user))
-}
-
-/// When `user`'s token expires (a year from now at most). A session's loop keeps one
-/// [`expiry_sleep`] and resets it to this after a token refresh, instead of making a timer
-/// for every event it sends.
-pub fn expiry_deadline(user: &User) -> tokio::time::Instant {
     let secs = user
         .seconds_left()
         .unwrap_or(u64::MAX / 4)
         .min(86_400 * 365);
-    tokio::time::Instant::now() + Duration::from_secs(secs)
+    tokio::time::sleep(Duration::from_secs(secs))
 }

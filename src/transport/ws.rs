@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{StreamQuery, expiry_deadline, expiry_sleep, parse_since, room_list};
+use super::{StreamQuery, expiry_sleep, parse_since, room_list};
 use crate::api::{ApiError, AppState};
 use crate::event::Position;
 use crate::hub::{Delivery, ResumeError, Scope, Session, Transport};
@@ -157,37 +157,28 @@ impl Conn {
         let kicked = self.session.kicked.clone();
         let mut ping = tokio::time::interval(self.app.hub.config().ping_interval);
         ping.reset();
-        // Made once, not per event: the waits on the tokens and the token's timer (reset
-        // after each client frame, which may have refreshed the token).
-        let shutting_down = shutdown.cancelled();
-        let too_slow = kicked.cancelled();
-        let expiry = expiry_sleep(&self.session.user);
-        tokio::pin!(shutting_down, too_slow, expiry);
         loop {
+            let expiry = expiry_sleep(&self.session.user);
             let flow = tokio::select! {
                 biased;
                 // 1. Shutdown first: tell the client to reconnect elsewhere.
-                _ = &mut shutting_down => {
+                _ = shutdown.cancelled() => {
                     self.close(CloseReason::ShuttingDown).await;
                     Flow::Stop
                 }
                 // 2. Too slow: the hub dropped us from every room.
-                _ = &mut too_slow => {
+                _ = kicked.cancelled() => {
                     self.close_too_slow().await;
                     Flow::Stop
                 }
                 // 3. Token lifetime.
-                _ = &mut expiry => {
+                _ = expiry => {
                     self.close(CloseReason::TokenExpired).await;
                     Flow::Stop
                 }
                 // 4. Client frames.
                 msg = self.socket.recv() => match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        let flow = self.on_text(t.as_str()).await;
-                        expiry.as_mut().reset(expiry_deadline(&self.session.user));
-                        flow
-                    }
+                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
                     Some(Ok(Message::Binary(_))) => self.send_error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None).await,
                     Some(Err(e)) if is_too_large(&e) => {
                         self.refuse_too_large(&e).await;

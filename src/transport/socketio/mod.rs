@@ -361,27 +361,21 @@ impl Conn {
         let gone = self.gone.clone();
         let shutdown = self.shutdown.clone();
         let requests = self.requests.clone();
-        // Made once, not per event: the waits on the tokens and the token's timer (the
-        // Socket.IO session's token is the handshake's; it is never refreshed).
-        let shutting_down = shutdown.cancelled();
-        let left = gone.cancelled();
-        let too_slow = kicked.cancelled();
-        let expiry = expiry_sleep(&self.session.user);
-        tokio::pin!(shutting_down, left, too_slow, expiry);
         loop {
+            let expiry = expiry_sleep(&self.session.user);
             let flow = tokio::select! {
                 biased;
                 // 1. Shutdown: the layer closes every transport; clients reconnect elsewhere.
-                _ = &mut shutting_down => Flow::Stop,
+                _ = shutdown.cancelled() => Flow::Stop,
                 // 2. The client left.
-                _ = &mut left => Flow::Stop,
+                _ = gone.cancelled() => Flow::Stop,
                 // 3. Too slow: the hub dropped us from every room.
-                _ = &mut too_slow => {
+                _ = kicked.cancelled() => {
                     Box::pin(self.close_too_slow()).await;
                     Flow::Stop
                 }
                 // 4. Token lifetime.
-                _ = &mut expiry => {
+                _ = expiry => {
                     Box::pin(self.close(CloseReason::TokenExpired)).await;
                     Flow::Stop
                 }
