@@ -157,7 +157,7 @@ pub const COPY_FROM: usize = 64;
 pub async fn append(
     client: &tokio_postgres::Client,
     rows: &[NewChange],
-    prepared: Option<&Prepared>,
+    prepared: &Prepared,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     match rows.len() {
         0 => Ok(Vec::new()),
@@ -281,11 +281,11 @@ pub(super) const INSERT: &str = "WITH ins AS (
         SELECT min(seq), max(seq), min(at) FROM ins)
      SELECT seq FROM ins";
 
-/// [`append`] for a small batch: one statement (`prepared`'s, if given).
+/// [`append`] for a small batch: one statement, prepared on `client`'s connection.
 async fn insert(
     client: &tokio_postgres::Client,
     rows: &[NewChange],
-    prepared: Option<&Prepared>,
+    prepared: &Prepared,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     let mut cols = AppendColumns::default();
     for c in rows {
@@ -307,15 +307,12 @@ async fn insert(
         &cols.data,
         &cols.withheld,
     ];
-    let rows = match prepared {
-        Some(p) => client.query(&p.insert, &params).await?,
-        None => {
-            let typed: Vec<(&(dyn ToSql + Sync), Type)> =
-                params.into_iter().zip(INSERT_TYPES).collect();
-            client.query_typed(INSERT, &typed).await?
-        }
-    };
-    let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let mut seqs: Vec<i64> = client
+        .query(&prepared.insert, &params)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     seqs.sort_unstable();
     Ok(seqs)
 }

@@ -16,6 +16,20 @@ fn logical(c: &mut rowcast::Settings) {
     c.capture.mode = CaptureMode::Logical;
 }
 
+/// A throwaway database migrated for logical capture, a rowcast process serving it, and an
+/// agent's `/ws` client (with its token) joined to `tickets`.
+async fn logical_process() -> (Db, rowcast::Settings, Proc, WsClient, String) {
+    let db = Db::start().await;
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let rc = Proc::start(&config, 0, &[]).await;
+    let token = support::token("1", "agent");
+    let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
+    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    (db, config, rc, c, token)
+}
+
 /// Inserts, updates, deletes (with the old row) and key changes on the demo tables, hidden
 /// columns kept out of events and of the log, and notifications to their recipient only.
 #[tokio::test]
@@ -164,14 +178,7 @@ async fn logical_capture_follows_commit_order() {
 /// sends the unacknowledged transactions again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
-    let db = Db::start().await;
-    let mut config = db.config();
-    logical(&mut config);
-    db.migrate(&config).await;
-    let mut rc = Proc::start(&config, 0, &[]).await;
-    let token = support::token("1", "agent");
-    let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
-    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    let (db, config, mut rc, mut c, token) = logical_process().await;
     let writer = Writer::start(&db.url, "lw");
     let mut got = Received::default();
     c.receive_ids(&mut got, 40).await;
@@ -216,14 +223,7 @@ async fn logical_capture_is_exactly_once_through_kill_9_and_postgres_restart() {
 /// delivered once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_capture_refuses_a_stored_position_moved_by_another_writer() {
-    let db = Db::start().await;
-    let mut config = db.config();
-    logical(&mut config);
-    db.migrate(&config).await;
-    let rc = Proc::start(&config, 0, &[]).await;
-    let token = support::token("1", "agent");
-    let (mut c, _) = WsClient::connect(&rc.ws_url(&format!("token={token}&rooms=tickets"))).await;
-    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    let (db, _config, rc, mut c, _token) = logical_process().await;
     let pg = db.client().await;
     let insert = "INSERT INTO tickets (subject, requester_id) VALUES ($1, 3)";
     pg.execute(insert, &[&"before"]).await.unwrap();

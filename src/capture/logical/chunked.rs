@@ -7,7 +7,7 @@ use pgwire_replication::Lsn;
 use time::OffsetDateTime;
 
 use super::decode::Decoder;
-use super::{LogicalError, SlotConsumer};
+use super::{LogicalError, SlotConsumer, WriterConn};
 use crate::changelog::{self, SEQUENCED_CHANNEL};
 
 /// A large transaction being written in chunks.
@@ -16,6 +16,8 @@ pub(super) struct Large {
     skip: bool,
     /// Changes written so far.
     written: usize,
+    /// The stored position, read under the transaction's lock.
+    stored: i64,
 }
 
 impl SlotConsumer {
@@ -34,19 +36,24 @@ impl SlotConsumer {
             .await?;
         let stored = changelog::lock_position(client, &self.config.slot).await?;
         let skip = (final_lsn as i64) < stored;
-        let (transaction, stored) = (Lsn::from_u64(final_lsn), Lsn::from_u64(stored as u64));
+        let transaction = Lsn::from_u64(final_lsn);
         if skip {
+            let stored = Lsn::from_u64(stored as u64);
             tracing::info!(%transaction, %stored, "a large transaction sent again is in the log already: skipping it");
         } else {
             tracing::info!(%transaction, "a large transaction: writing it in chunks");
         }
-        Ok(Large { skip, written: 0 })
+        Ok(Large {
+            skip,
+            written: 0,
+            stored,
+        })
     }
 
     /// Writes what the large transaction has buffered, inside its database transaction.
     pub(super) async fn write_chunk(
         &self,
-        client: &tokio_postgres::Client,
+        conn: &WriterConn,
         large: &mut Large,
         decoder: &mut Decoder,
         time: OffsetDateTime,
@@ -55,13 +62,14 @@ impl SlotConsumer {
             decoder.discard();
             return Ok(());
         }
+        let client = &conn.client;
         let (mut changes, fixes) = decoder.take_chunk();
         large.written += changes.len();
         super::complete::complete(client, &self.catalog, &mut changes).await?;
         let seqs = changelog::append(
             client,
             &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
-            None,
+            &conn.prepared,
         )
         .await?;
         decoder.written(&seqs);
@@ -70,19 +78,21 @@ impl SlotConsumer {
     }
 
     /// The large transaction's commit: its last chunk, the stored position and the
-    /// database commit together (or, for a skipped one, nothing).
+    /// database commit together (or, for a skipped one, nothing). Returns the stored
+    /// position it leaves.
     pub(super) async fn finish_large(
         &self,
-        client: &tokio_postgres::Client,
+        conn: &WriterConn,
         mut large: Large,
         decoder: &mut Decoder,
         time: OffsetDateTime,
         end_lsn: u64,
-    ) -> Result<(), LogicalError> {
+    ) -> Result<i64, LogicalError> {
+        let client = &conn.client;
         if large.skip {
             decoder.discard();
             client.batch_execute("ROLLBACK").await?;
-            return Ok(());
+            return Ok(large.stored);
         }
         let (mut changes, fixes) = decoder.commit();
         large.written += changes.len();
@@ -90,7 +100,7 @@ impl SlotConsumer {
         changelog::append(
             client,
             &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
-            None,
+            &conn.prepared,
         )
         .await?;
         changelog::fix_old_rows(client, fixes).await?;
@@ -105,6 +115,6 @@ impl SlotConsumer {
         metrics::counter!("rowcast_capture_decoded_changes_total").increment(large.written as u64);
         metrics::counter!("rowcast_capture_large_transactions_total").increment(1);
         self.wake.notify_one();
-        Ok(())
+        Ok(end_lsn as i64)
     }
 }

@@ -11,9 +11,9 @@
 //! Exactly once: the batch insert and the slot position (`rowcast.slot_positions`) commit
 //! together, and transactions at or before the stored position are skipped. The slot is
 //! acknowledged only after that commit, so a crash in between replays the transactions and
-//! the stored position drops them. The writer reads the stored position when it starts (and
-//! under a lock after a large transaction); each write then moves it from where it must
-//! still be, in the write's one round trip, and fails if anyone else moved it.
+//! the stored position drops them. The writer reads the stored position when it starts
+//! (a large transaction reads it again under its lock); each write then moves it from where
+//! it must still be, in the write's one round trip, and fails if anyone else moved it.
 //!
 //! A transaction larger than `capture.batch_size` is not held until its commit message:
 //! its changes are written in chunks inside one database transaction that commits with
@@ -145,8 +145,8 @@ impl SlotConsumer {
         let client = &conn.client;
         let stored = changelog::stored_position(client, &this.config.slot).await?;
         // Where the stored position is, as far as this writer knows: a write moves it from
-        // there without reading it first (`None`: read it under a lock).
-        let mut known = Some(stored as i64);
+        // there without reading it first.
+        let mut known = stored as i64;
         let mut repl = ReplicationClient::connect(this.replication_config()?).await?;
         repl.wait_started().await?;
         tracing::info!(slot = %this.config.slot, position = %Lsn::from_u64(stored), "streaming the replication slot");
@@ -202,7 +202,7 @@ impl SlotConsumer {
                         done = &mut w.0 => {
                             inflight = None;
                             let w = written(done)?;
-                            known = Some(w.stored);
+                            known = w.stored;
                             repl.update_applied_lsn(w.ack);
                             continue;
                         }
@@ -256,9 +256,9 @@ impl SlotConsumer {
                 ReplicationEvent::Commit { end_lsn, .. } if large.is_some() => {
                     open = false;
                     let l = large.take().expect("checked by the guard");
-                    this.finish_large(client, l, &mut decoder, commit_time, end_lsn.as_u64())
+                    known = this
+                        .finish_large(&conn, l, &mut decoder, commit_time, end_lsn.as_u64())
                         .await?;
-                    known = None; // moved by the large transaction: read it again
                     repl.update_applied_lsn(end_lsn);
                     continue;
                 }
@@ -295,7 +295,7 @@ impl SlotConsumer {
                     large = Some(this.start_large(client, final_lsn).await?);
                 }
                 let l = large.as_mut().expect("just set");
-                this.write_chunk(client, l, &mut decoder, commit_time)
+                this.write_chunk(&conn, l, &mut decoder, commit_time)
                     .await?;
             }
         }
@@ -306,7 +306,7 @@ impl SlotConsumer {
         self: &Arc<Self>,
         conn: &Arc<WriterConn>,
         pending: &mut Pending,
-        known: Option<i64>,
+        known: i64,
     ) -> InFlight {
         let (this, conn, pending) = (self.clone(), conn.clone(), std::mem::take(pending));
         super::AbortOnDrop(tokio::spawn(async move {
@@ -317,36 +317,18 @@ impl SlotConsumer {
     /// Appends the pending transactions (those after the stored position) to the log with
     /// their `seq`, moves the stored position and announces them, in one transaction.
     ///
-    /// With the stored position `known` this is one round trip: BEGIN, the rows, the
-    /// announcement, the position moved from where it must still be, and COMMIT go out
-    /// together, and a position someone else moved fails the move, so the COMMIT rolls
-    /// back and the error ends the stream (its retry reads the stored position again).
-    /// Without it (after a large transaction) the position is read under a lock first.
+    /// One round trip: BEGIN, the rows, the announcement, the position moved from `stored`
+    /// (where this writer left it), and COMMIT go out together. A position someone else
+    /// moved fails the move, so the COMMIT rolls back and the error ends the stream (its
+    /// retry reads the stored position again).
     async fn write(
         &self,
         conn: &WriterConn,
         mut pending: Pending,
-        known: Option<i64>,
+        stored: i64,
     ) -> Result<Written, LogicalError> {
         let client = &conn.client;
         let last_lsn = pending.txns.last().map_or(0, |t| t.0);
-        let stored = match known {
-            Some(k) => k,
-            None => {
-                let (begun, stored) = tokio::join!(
-                    client.batch_execute("BEGIN"),
-                    changelog::lock_position(client, &self.config.slot)
-                );
-                begun?;
-                match stored {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        return Err(e.into());
-                    }
-                }
-            }
-        };
         let mut times = Vec::with_capacity(pending.changes);
         let mut changes = Vec::with_capacity(pending.changes);
         for (_, time, txn) in pending
@@ -357,26 +339,16 @@ impl SlotConsumer {
             times.extend(std::iter::repeat_n(time, txn.len()));
             changes.extend(txn);
         }
-        // What the decoded rows lack is read from the application's tables: outside the
-        // transaction when it has not begun yet (nothing of it is needed there).
-        if let Err(e) = complete::complete(client, &self.catalog, &mut changes).await {
-            if known.is_none() {
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
-            return Err(e.into());
-        }
+        // What the decoded rows lack is read from the application's tables, before the
+        // transaction (nothing of it is needed there).
+        complete::complete(client, &self.catalog, &mut changes).await?;
         let n = changes.len();
         let rows: Vec<NewChange> = changes
             .into_iter()
             .zip(times)
             .map(|(c, time)| c.at(time))
             .collect();
-        let begin = async {
-            match known {
-                Some(_) => client.batch_execute("BEGIN").await,
-                None => Ok(()),
-            }
-        };
+        let begin = client.batch_execute("BEGIN");
         let notify = async {
             match n {
                 0 => Ok(()),
@@ -387,16 +359,15 @@ impl SlotConsumer {
                 }
             }
         };
-        let moves = last_lsn as i64 > stored;
         let store = async {
-            let slot = &self.config.slot;
-            match (moves, known) {
-                (false, _) => Ok(()),
-                (true, Some(k)) => changelog::advance_position(client, slot, k, last_lsn).await,
-                (true, None) => changelog::store_position(client, slot, last_lsn).await,
+            match last_lsn as i64 > stored {
+                true => {
+                    changelog::advance_position(client, &self.config.slot, stored, last_lsn).await
+                }
+                false => Ok(()),
             }
         };
-        let append = changelog::append(client, &rows, Some(&conn.prepared));
+        let append = changelog::append(client, &rows, &conn.prepared);
         let commit = client.batch_execute("COMMIT");
         // Polled in this order, so sent in this order on the connection.
         let (begun, seqs, notified, moved, committed) = if n < changelog::COPY_FROM {
@@ -447,11 +418,11 @@ impl SlotConsumer {
 async fn settle(
     inflight: &mut Option<InFlight>,
     repl: &ReplicationClient,
-    known: &mut Option<i64>,
+    known: &mut i64,
 ) -> Result<(), LogicalError> {
     if let Some(mut w) = inflight.take() {
         let w = written((&mut w.0).await)?;
-        *known = Some(w.stored);
+        *known = w.stored;
         repl.update_applied_lsn(w.ack);
     }
     Ok(())
