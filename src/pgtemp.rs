@@ -55,7 +55,7 @@ impl PgTemp {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&root)?;
-        let pg = PgTemp {
+        let mut pg = PgTemp {
             root,
             bin,
             port: free_port()?,
@@ -80,8 +80,20 @@ impl PgTemp {
                 "--no-instructions",
             ],
         )?;
-        pg.start_server()?;
-        Ok(pg)
+        // The free port was released for the server to take: another process may bind it
+        // in between (an outgoing connection's ephemeral port, say). Take another one.
+        let mut attempts = 0;
+        loop {
+            match pg.start_server() {
+                Err(PgTempError::Step { detail, .. })
+                    if detail.contains("Address already in use") && attempts < 5 =>
+                {
+                    attempts += 1;
+                    pg.port = free_port()?;
+                }
+                done => return done.map(|()| pg),
+            }
+        }
     }
 
     fn data_dir(&self) -> String {
