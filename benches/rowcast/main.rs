@@ -3,8 +3,10 @@
 //! scenario bounded in time), and print Markdown tables. See docs/benchmarks.md.
 //!
 //! Scenarios:
-//! - `capture-overhead`: pgbench single-row UPDATE, 8 clients — no triggers, triggers only,
-//!   triggers with rowcast consuming.
+//! - `capture-overhead [--seconds S] [--sync off|on]`: pgbench single-row UPDATE, 8 clients —
+//!   no capture, the triggers alone, triggers with rowcast consuming, logical decoding alone
+//!   and with rowcast consuming (`BENCH_STATEMENTS=1`: the database's statements while
+//!   rowcast consumed, both modes).
 //! - `latency [--transport ws|socketio|socketio-wire] [--clients N] [--rate R] [--seconds S]`:
 //!   N clients in `tickets`, R updates/s — delivered ratio and commit→client latency
 //!   percentiles (`socketio` = the npm client in node, `socketio-wire` = Socket.IO spoken by
@@ -73,6 +75,8 @@ struct Args {
     batch_size: Option<i64>,
     transport: Option<Via>,
     capture: Option<rowcast::config::CaptureMode>,
+    /// `capture-overhead --sync off|on`: only that `synchronous_commit` (default: both).
+    sync: Option<&'static str>,
 }
 
 fn parse_args() -> Args {
@@ -85,6 +89,7 @@ fn parse_args() -> Args {
         batch_size: None,
         transport: None,
         capture: None,
+        sync: None,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(arg) = it.next() {
@@ -113,6 +118,13 @@ fn parse_args() -> Args {
                     "triggers" => rowcast::config::CaptureMode::Triggers,
                     "logical" => rowcast::config::CaptureMode::Logical,
                     other => panic!("--capture is triggers or logical, not {other:?}"),
+                })
+            }
+            "--sync" => {
+                a.sync = Some(match value(&arg).as_str() {
+                    "off" => "off",
+                    "on" => "on",
+                    other => panic!("--sync is off or on, not {other:?}"),
                 })
             }
             s if !s.starts_with('-') => a.scenario = s.to_string(),
@@ -164,7 +176,7 @@ fn main() {
         .map(|c| vec![c])
         .unwrap_or_else(|| vec![1000, 5000, 10_000]);
     match args.scenario.as_str() {
-        "capture-overhead" => rt.block_on(overhead::run(seconds)),
+        "capture-overhead" => rt.block_on(overhead::run(seconds, args.sync)),
         "latency" => latency(
             args.transport,
             args.clients.unwrap_or(50),
@@ -219,7 +231,7 @@ fn main() {
         "sustained" => rt.block_on(sustained::run(args.seconds.unwrap_or(60), args.capture)),
         "replicas" => rt.block_on(replicas::run(args.rate.unwrap_or(500), seconds)),
         "all" => {
-            rt.block_on(overhead::run(seconds));
+            rt.block_on(overhead::run(seconds, None));
             targets();
             rt.block_on(fanout::run(&sizes, None));
             rt.block_on(memory::run(10_000));

@@ -54,9 +54,11 @@ pub fn pgbench(pg: &PgTemp, seconds: u64) -> f64 {
 /// without the parked check), and with rowcast consuming; with
 /// `synchronous_commit` off (CPU-bound) and on (PostgreSQL's default: commit waits for the
 /// WAL flush).
-pub async fn run(seconds: u64) {
+pub async fn run(seconds: u64, only: Option<&str>) {
     for sync in ["off", "on"] {
-        one(seconds, sync).await;
+        if only.is_none_or(|o| o == sync) {
+            one(seconds, sync).await;
+        }
     }
 }
 
@@ -86,6 +88,7 @@ async fn one(seconds: u64, sync: &str) {
             .expect("pg_stat_statements");
     }
     let mut breakdown = Vec::new();
+    let mut trigger_breakdown = Vec::new();
     let mut results: Vec<(&str, Vec<(f64, f64)>)> = vec![
         ("no capture", vec![]),
         ("triggers", vec![]),
@@ -115,7 +118,16 @@ async fn one(seconds: u64, sync: &str) {
         let rc = Rowcast::start(&config);
         std::thread::sleep(Duration::from_secs(1));
         let cpu = rc.cpu_secs();
+        if statements {
+            client
+                .batch_execute("SELECT pg_stat_statements_reset()")
+                .await
+                .expect("reset");
+        }
         results[3].1.push(measured(&pg, &client, seconds).await);
+        if statements && round == 0 {
+            trigger_breakdown = statement_times(&client).await;
+        }
         rowcast_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
         drop(rc);
         client.batch_execute(clean).await.expect("clean");
@@ -189,13 +201,16 @@ async fn one(seconds: u64, sync: &str) {
         setup::describe(&config),
         setup::describe(&logical_config)
     );
-    if !breakdown.is_empty() {
+    for (what, lines) in [("the triggers", trigger_breakdown), ("the slot", breakdown)] {
+        if lines.is_empty() {
+            continue;
+        }
         println!(
-            "\nDatabase time by statement while rowcast consumed the slot (first round, `BENCH_STATEMENTS=1`):\n"
+            "\nDatabase time by statement while rowcast consumed {what} (first round, `BENCH_STATEMENTS=1`):\n"
         );
         println!("| statement | calls | rows | total ms | µs per row |");
         println!("|---|---|---|---|---|");
-        for line in breakdown {
+        for line in lines {
             println!("{line}");
         }
     }

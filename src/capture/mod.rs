@@ -10,9 +10,9 @@
 //! log is the truth and NOTIFY only a hint: the sequencer announces every batch on the
 //! sequenced channel, so the other replicas never poll on the live path (a safety read every
 //! `idle_poll` covers a lost notification). The trigger-mode sequencer itself is woken by
-//! the capture triggers' NOTIFY while changes come slowly ([`park`]) and batches back to
-//! back while they come fast. After any reconnect it reads the log from its in-memory
-//! position, so a PostgreSQL restart loses nothing.
+//! the capture triggers' NOTIFY while changes come slowly ([`park`]) and records a batch
+//! every `active_poll` while they come fast. After any reconnect it reads the log from its
+//! in-memory position, so a PostgreSQL restart loses nothing.
 //!
 //! Every few seconds capture compares the captured tables' live columns with what
 //! `rowcast migrate` installed (`catalog::drift`): a table that changed is withheld.
@@ -247,6 +247,7 @@ impl Capture {
                     false => Ok(None),
                 }
             };
+            let turn = Instant::now();
             let (ticked, read) = tokio::join!(tick, self.tail(&conn, position, &mut mark));
             let read = read?;
             let ticked = ticked?;
@@ -266,28 +267,38 @@ impl Capture {
                 self.catalog.withheld.replace(drift);
                 last_shape_check = Some(Instant::now());
             }
-            // Read again at once while the log may hold more than was read, and while the
-            // trigger-mode sequencer batches back to back (unparked: no NOTIFY announces
-            // commits). Otherwise every new batch is announced, and a notification that came
-            // during this read ends the wait below at once.
+            // Read again at once while the log may hold more than was read. The unparked
+            // trigger-mode sequencer (no NOTIFY announces commits) ticks again
+            // `active_poll` after this turn began: one batch, one transaction and one
+            // announcement per interval instead of one per round trip, which would take
+            // the busy application's database time for batches of a few changes.
+            // Otherwise every new batch is announced, and a notification that came during
+            // this read ends the wait below at once.
             let busy = lead && !logical && !park.is_parked();
-            if read.more || (busy && (ticked.is_some() || read.progressed)) {
+            if read.more {
                 self.status.set_parked(park.is_parked());
                 continue;
             }
-            if last_lag_check.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                self.check_lag(&conn.client, *position).await?;
-                last_lag_check = Some(Instant::now());
-            }
-            // Nothing new. In logical mode every batch the slot consumer writes is
-            // announced (a NOTIFY, and `wake` in this process); other replicas are woken by
-            // the sequencer's NOTIFY after each batch: only the safety poll.
-            let wait = if logical {
-                self.config.idle_poll
+            let wait = if busy && (ticked.is_some() || read.progressed) {
+                self.config.active_poll.saturating_sub(turn.elapsed())
             } else {
-                park.next_wait(&conn.client, lead).await?
+                if last_lag_check.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    self.check_lag(&conn.client, *position).await?;
+                    last_lag_check = Some(Instant::now());
+                }
+                // Nothing new. In logical mode every batch the slot consumer writes is
+                // announced (a NOTIFY, and `wake` in this process); other replicas are
+                // woken by the sequencer's NOTIFY after each batch: only the safety poll.
+                if logical {
+                    self.config.idle_poll
+                } else {
+                    park.next_wait(&conn.client, lead).await?
+                }
             };
             self.status.set_parked(park.is_parked());
+            if wait.is_zero() {
+                continue;
+            }
             match conn.wait(wait, shutdown).await {
                 Woken::Read => {}
                 Woken::Shutdown => {

@@ -174,6 +174,61 @@ async fn notify_only_while_parked() {
     server.stop().await;
 }
 
+/// Unparked (changes come faster than `park_below`), the sequencer records one batch per
+/// `active_poll`, not one per round trip: a busy application's commits are sequenced in
+/// few transactions, and every one of them is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparked_sequencer_records_one_batch_per_active_poll() {
+    let (db, server) = support::start_with(|c| {
+        c.capture.idle_after = Duration::from_millis(300);
+        c.capture.park_below = 50.0;
+        c.capture.active_poll = Duration::from_millis(100);
+    })
+    .await;
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
+    c.join("tickets").await;
+    let pg = db.client().await;
+    // An insert every ~5 ms: well above 50 changes/s, so the sequencer unparks.
+    let writer = Writer::start(&db.url, "busy");
+    let ready = format!("{}/readyz", server.http());
+    support::eventually(20, || async {
+        let body: serde_json::Value = reqwest::get(&ready).await.ok()?.json().await.ok()?;
+        (writer.committed() > 200 && body["capture_parked"] == false).then_some(())
+    })
+    .await;
+    let last_batch = "SELECT coalesce(max(batch), 0) FROM rowcast.batches";
+    let (b0, c0): (i64, usize) = (
+        pg.query_one(last_batch, &[]).await.unwrap().get(0),
+        writer.committed(),
+    );
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b1: i64 = pg.query_one(last_batch, &[]).await.unwrap().get(0);
+    let (elapsed, written) = (t0.elapsed(), writer.committed() - c0);
+    let want = writer.stop().await;
+    let batches = (b1 - b0) as f64;
+    let most = elapsed.as_secs_f64() / 0.1 + 3.0;
+    assert!(
+        batches <= most && batches >= 5.0,
+        "{batches} batches in {elapsed:?} for {written} commits (one per 100 ms: at most {most})"
+    );
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !want.is_subset(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {:?}",
+            want.difference(&seen).take(10).collect::<Vec<_>>()
+        );
+        let ev = c.next_event().await;
+        if let Some(id) = ev["payload"]["id"].as_i64() {
+            seen.insert(id);
+        }
+    }
+    server.stop().await;
+}
+
 /// Two replicas on one database: one sequences, both deliver the same seqs; when the
 /// sequencer stops the other takes over.
 #[tokio::test]
