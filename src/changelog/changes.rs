@@ -181,7 +181,7 @@ async fn copy(
         &count,
     );
     let sink = client.copy_in(
-        "COPY rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
+        "COPY rowcast.changes (seq, at, op, tbl, pk, old, data_json, withheld, txid)
            FROM STDIN (FORMAT binary)",
     );
     let (reserved, sink) = tokio::join!(reserve, sink);
@@ -195,7 +195,7 @@ async fn copy(
             Type::TEXT,
             Type::JSONB,
             Type::JSONB,
-            Type::JSONB,
+            Type::JSON,
             Type::TEXT,
             Type::XID8,
         ],
@@ -262,17 +262,17 @@ pub(super) const INSERT_TYPES: [Type; 7] = [
     Type::TEXT_ARRAY,
     Type::JSONB_ARRAY,
     Type::JSONB_ARRAY,
-    Type::JSONB_ARRAY,
+    Type::JSON_ARRAY,
     Type::TEXT_ARRAY,
 ];
 
 /// [`insert`]'s statement, whose parameters are [`INSERT_TYPES`].
 pub(super) const INSERT: &str = "WITH ins AS (
-        INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data, withheld, txid)
+        INSERT INTO rowcast.changes (seq, at, op, tbl, pk, old, data_json, withheld, txid)
         SELECT nextval('rowcast.change_seq'), u.at, u.op::\"char\", u.tbl, u.pk, u.old,
                u.data, u.withheld, NULL
           FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
-                      $6::jsonb[], $7::text[])
+                      $6::json[], $7::text[])
                WITH ORDINALITY AS u(at, op, tbl, pk, old, data, withheld, ord)
          ORDER BY u.ord
         RETURNING seq, at),

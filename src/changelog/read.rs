@@ -16,7 +16,8 @@ use super::Prepared;
 use crate::event::{Change, Op, Position};
 
 /// Columns of a change as every read selects them (after the `id`).
-const COLUMNS: &str = "c.id, c.seq, c.at, c.op, c.tbl, c.pk, c.old, c.data, c.withheld";
+const COLUMNS: &str = "c.id, c.seq, c.at, c.op, c.tbl, c.pk, c.old,
+    coalesce(c.data::text, c.data_json::text) AS data, c.withheld";
 
 /// Batches looked at per read.
 const BATCHES_PER_READ: i64 = 64;
@@ -355,6 +356,17 @@ pub(super) fn membership(
 fn change(pos: Position, row: &Row) -> Option<Change> {
     let code: i8 = row.get(3);
     let table: String = row.get(4);
+    // The row as text: trigger mode's `data` (jsonb, printed as its binary form would be)
+    // or logical mode's `data_json` (json: the text as written).
+    let data = match row.get::<_, Option<&str>>(7).map(serde_json::from_str) {
+        None => None,
+        Some(Ok(data)) => Some(data),
+        Some(Err(e)) => {
+            metrics::counter!("rowcast_changelog_malformed_total").increment(1);
+            tracing::warn!(seq = %pos, table, error = %e, "skipping a change-log row whose row is not JSON");
+            return None;
+        }
+    };
     match Op::from_code(code as u8) {
         Some(op) => Some(Change {
             pos,
@@ -363,7 +375,7 @@ fn change(pos: Position, row: &Row) -> Option<Change> {
             table,
             pk: row.get(5),
             old: row.get(6),
-            data: row.get(7),
+            data,
             withheld: row.get(8),
         }),
         None => {

@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "slot_advance",
         include_str!("../../sql/009_slot_advance.sql"),
     ),
+    (10, "log_json", include_str!("../../sql/010_log_json.sql")),
 ];
 
 /// The embedded migrations not applied to the database yet, as `NNN name` (all of them

@@ -103,8 +103,19 @@ async fn logical_capture_emits_every_change_without_hidden_columns() {
         }
     }
     // (The insert and the update coalesce when one batch holds both.)
-    let leaked = db.count("SELECT count(*) FROM rowcast.changes WHERE old::text LIKE '%SECRET-HASH%' OR pk::text LIKE '%SECRET-HASH%'").await;
+    let leaked = db.count("SELECT count(*) FROM rowcast.changes WHERE concat(old::text, pk::text, data::text, data_json::text) LIKE '%SECRET-HASH%'").await;
     assert_eq!(leaked, 0);
+    // Logical changes carry their row as the writer rendered it (`json`), none as jsonb.
+    let rows = db
+        .count("SELECT count(*) FROM rowcast.changes WHERE data_json IS NOT NULL AND data IS NULL")
+        .await;
+    let jsonb = db
+        .count("SELECT count(*) FROM rowcast.changes WHERE data IS NOT NULL")
+        .await;
+    assert!(
+        rows > 0 && jsonb == 0,
+        "{rows} rows as json, {jsonb} as jsonb"
+    );
 
     // A key change: the old key is deleted (with its old row), the new one inserted.
     let kb: i64 = pg
@@ -258,7 +269,7 @@ async fn logical_capture_refuses_a_stored_position_moved_by_another_writer() {
     );
     let logged = db
         .count(
-            "SELECT count(*) FROM rowcast.changes
+            "SELECT count(*) FROM rowcast.log
               WHERE tbl = 'public.tickets' AND data->>'subject' = 'after'",
         )
         .await;
