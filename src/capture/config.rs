@@ -38,17 +38,19 @@ pub struct CaptureConfig {
     pub publication: String,
     /// Most change-log rows read and enriched at once.
     pub batch_size: i64,
-    /// Trigger mode: how often the unparked sequencer records a batch (one transaction per
-    /// interval, however many commits it covers), and its poll while parking settles.
+    /// Under load (at least `park_below` changes per second) how often the sequencer
+    /// records a batch: the unparked trigger-mode tick, the logical writer's write (one
+    /// transaction per interval, however many commits it covers). Also the trigger-mode
+    /// poll while parking settles.
     #[serde(with = "humantime_serde")]
     pub active_poll: Duration,
-    /// Window over which the sequencer measures the change rate (trigger mode).
+    /// Window over which the sequencer measures the change rate.
     #[serde(with = "humantime_serde")]
     pub idle_after: Duration,
     /// Trigger mode: while fewer changes than this come per second the sequencer is parked
     /// (each commit's NOTIFY wakes it, no poll between changes); above it the triggers stop
     /// notifying and the sequencer records a batch every `active_poll`. It parks again
-    /// below half of it.
+    /// below half of it. Logical mode: from this rate on, writes are `active_poll` apart.
     pub park_below: f64,
     /// Safety poll while parked (a NOTIFY can be lost; the log cannot).
     #[serde(with = "humantime_serde")]

@@ -25,6 +25,7 @@ mod config;
 mod leader;
 pub mod logical;
 mod park;
+mod rate;
 mod status;
 
 use std::sync::Arc;

@@ -12,18 +12,16 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::CaptureConfig;
+use super::rate::Rate;
 use crate::changelog;
 
 /// The sequencer's parking state.
 #[derive(Debug)]
 pub(super) struct Park {
     state: Option<Parked>,
-    /// The current rate window: when it started, changes sequenced in it.
-    window: (Instant, u64),
-    /// Changes per second in the last complete window.
-    rate: f64,
+    /// Changes sequenced per second.
+    rate: Rate,
     active_poll: Duration,
-    window_len: Duration,
     idle_poll: Duration,
     park_below: f64,
 }
@@ -42,10 +40,8 @@ impl Park {
     pub(super) fn new(config: &CaptureConfig) -> Park {
         Park {
             state: None,
-            window: (Instant::now(), 0),
-            rate: 0.0,
+            rate: Rate::new(config.idle_after),
             active_poll: config.active_poll,
-            window_len: config.idle_after.max(Duration::from_millis(10)),
             idle_poll: config.idle_poll,
             park_below: config.park_below,
         }
@@ -62,23 +58,13 @@ impl Park {
         client: &Client,
         n: u64,
     ) -> Result<(), tokio_postgres::Error> {
-        self.window.1 += n;
-        self.roll_window();
-        let current = self.window.1 as f64 / self.window_len.as_secs_f64();
-        if self.state.is_some() && (self.rate >= self.park_below || current >= self.park_below) {
+        self.rate.add(n);
+        if self.state.is_some() && self.rate.reached(self.park_below) {
             self.state = None;
             changelog::unpark(client).await?;
-            tracing::debug!(rate = self.rate.max(current), "busy: the sequencer polls");
+            tracing::debug!("busy: the sequencer polls");
         }
         Ok(())
-    }
-
-    fn roll_window(&mut self) {
-        let elapsed = self.window.0.elapsed();
-        if elapsed >= self.window_len {
-            self.rate = self.window.1 as f64 / elapsed.as_secs_f64();
-            self.window = (Instant::now(), 0);
-        }
     }
 
     /// How long to wait for a wake-up before reading the log again, after a read that found
@@ -92,9 +78,8 @@ impl Park {
         if !leader {
             return Ok(self.idle_poll);
         }
-        self.roll_window();
         match &mut self.state {
-            None if self.rate >= self.park_below / 2.0 => Ok(self.active_poll),
+            None if self.rate.last() >= self.park_below / 2.0 => Ok(self.active_poll),
             None => {
                 let ttl = (self.idle_poll.as_secs_f64() * 10.0).max(30.0);
                 changelog::park(client, ttl).await?;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use rowcast::pgtemp::PgTempOptions;
 
 use crate::support::writer::Writer;
 use crate::support::{self, Server, ws::WsClient};
@@ -179,17 +180,42 @@ async fn notify_only_while_parked() {
 /// few transactions, and every one of them is still delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparked_sequencer_records_one_batch_per_active_poll() {
-    let (db, server) = support::start_with(|c| {
-        c.capture.idle_after = Duration::from_millis(300);
-        c.capture.park_below = 50.0;
-        c.capture.active_poll = Duration::from_millis(100);
+    busy_capture_records_one_batch_per_active_poll(|_| {}).await;
+}
+
+/// The same for the logical writer: from `park_below` changes per second on, its writes
+/// (a transaction each) are `active_poll` apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_logical_writer_writes_once_per_active_poll() {
+    busy_capture_records_one_batch_per_active_poll(|c| {
+        c.capture.mode = rowcast::config::CaptureMode::Logical
     })
     .await;
+}
+
+async fn busy_capture_records_one_batch_per_active_poll(
+    tweak: impl FnOnce(&mut rowcast::Settings),
+) {
+    // Commits flush the WAL at once (with `synchronous_commit = off` the WAL writer would
+    // flush it every 200 ms, and logical decoding would batch them by itself).
+    let db = support::Db::start_with(PgTempOptions {
+        fsync: false,
+        settings: vec![("synchronous_commit".into(), "on".into())],
+    })
+    .await;
+    let mut config = db.config();
+    config.capture.idle_after = Duration::from_millis(300);
+    config.capture.park_below = 50.0;
+    config.capture.active_poll = Duration::from_millis(100);
+    tweak(&mut config);
+    db.migrate(&config).await;
+    let server = Server::start(config).await;
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={}", server.token("1", "agent")))).await;
     c.join("tickets").await;
     let pg = db.client().await;
-    // An insert every ~5 ms: well above 50 changes/s, so the sequencer unparks.
+    // An insert every ~5 ms: well above 50 changes/s, so capture is busy (and the
+    // trigger-mode sequencer unparks).
     let writer = Writer::start(&db.url, "busy");
     let ready = format!("{}/readyz", server.http());
     support::eventually(20, || async {
@@ -203,9 +229,25 @@ async fn unparked_sequencer_records_one_batch_per_active_poll() {
         writer.committed(),
     );
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // For these 2 s a second writer commits as fast as it can (up to 1,500 updates): a
+    // sequencer ticking back to back would find a change on nearly every tick.
+    let fast = db.client().await;
+    let mut updates = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        if updates < 1500 {
+            fast.execute(
+                "UPDATE tickets SET subject = $1 WHERE id = 2",
+                &[&format!("fast {updates}")],
+            )
+            .await
+            .unwrap();
+            updates += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let b1: i64 = pg.query_one(last_batch, &[]).await.unwrap().get(0);
-    let (elapsed, written) = (t0.elapsed(), writer.committed() - c0);
+    let (elapsed, written) = (t0.elapsed(), writer.committed() - c0 + updates);
     let want = writer.stop().await;
     let batches = (b1 - b0) as f64;
     let most = elapsed.as_secs_f64() / 0.1 + 3.0;

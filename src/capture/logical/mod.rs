@@ -166,7 +166,19 @@ impl SlotConsumer {
         let mut large: Option<Large> = None;
         let mut final_lsn = 0u64;
         let batch = this.config.batch_size.max(1) as usize;
+        // Busy (at least `park_below` changes per second), a write starts no sooner than
+        // `active_poll` after the previous one began, with everything decoded meanwhile:
+        // each write is a transaction of its own (the rows, the announcement, the slot
+        // position), and back to back they carried a change or two each between the large
+        // ones. At light load every commit is written as soon as it is decoded.
+        let mut rate = super::rate::Rate::new(this.config.idle_after);
+        let mut last_start: Option<tokio::time::Instant> = None;
         loop {
+            let next_start = match rate.reached(this.config.park_below) {
+                true => last_start.map(|t| t + this.config.active_poll),
+                false => None,
+            };
+            let due = next_start.is_none_or(|t| t <= tokio::time::Instant::now());
             // Write what is decoded as soon as no write is in flight and the stream has
             // nothing more ready right now or the previous write has just finished (under
             // sustained load a batch is what arrived during one write, not a batch_size
@@ -176,9 +188,10 @@ impl SlotConsumer {
             // while the channel is full, and under sustained load every write would carry
             // a few dozen changes instead of a batch.
             let finished = inflight.as_ref().is_some_and(|w| w.0.is_finished());
-            if finished && !open && pending.changes > 0 {
+            if finished && !open && pending.changes > 0 && due {
                 settle(&mut inflight, &repl, &mut known).await?;
                 inflight = Some(this.start_write(&conn, &mut pending, known));
+                last_start = Some(tokio::time::Instant::now());
             }
             let ready = !open && pending.changes > 0;
             let event = match ready {
@@ -190,14 +203,16 @@ impl SlotConsumer {
                 Some(ev) => {
                     settle(&mut inflight, &repl, &mut known).await?;
                     inflight = Some(this.start_write(&conn, &mut pending, known));
+                    last_start = Some(tokio::time::Instant::now());
                     ev?
                 }
-                None if ready && inflight.is_none() => {
+                None if ready && inflight.is_none() && due => {
                     inflight = Some(this.start_write(&conn, &mut pending, known));
+                    last_start = Some(tokio::time::Instant::now());
                     continue;
                 }
-                None => match inflight.as_mut() {
-                    Some(w) => tokio::select! {
+                None => match (inflight.as_mut(), next_start) {
+                    (Some(w), _) => tokio::select! {
                         ev = repl.recv() => ev?,
                         done = &mut w.0 => {
                             inflight = None;
@@ -207,7 +222,12 @@ impl SlotConsumer {
                             continue;
                         }
                     },
-                    None => repl.recv().await?,
+                    // Ready, but not yet due: the next event or the start time.
+                    (None, Some(at)) if ready => tokio::select! {
+                        ev = repl.recv() => ev?,
+                        _ = tokio::time::sleep_until(at) => continue,
+                    },
+                    (None, _) => repl.recv().await?,
                 },
             };
             let Some(event) = event else {
@@ -273,6 +293,7 @@ impl SlotConsumer {
                         continue;
                     }
                     pending.changes += changes.len();
+                    rate.add(changes.len() as u64);
                     pending.txns.push((end_lsn.as_u64(), commit_time, changes));
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
