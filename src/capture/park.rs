@@ -3,9 +3,9 @@
 //! capture triggers call `pg_notify` — so the sequencer is woken by each commit at light
 //! load (no poll between changes) and a busy application pays no NOTIFY lock at commit (the
 //! sequencer then records a batch every `capture.active_poll`). Rates are measured over
-//! windows of `capture.idle_after`; the sequencer unparks at `park_below` and parks again
-//! below half of it. Parking is race-free: after setting the mark, capture keeps polling until every
-//! transaction that could have read the old value has finished.
+//! windows of `capture.idle_after` ([`super::rate`]); the sequencer unparks at `park_below`
+//! and parks again below half of it. Parking is race-free: after setting the mark, capture
+//! keeps polling until every transaction that could have read the old value has finished.
 
 use std::time::{Duration, Instant};
 
