@@ -174,7 +174,10 @@ impl SlotConsumer {
         let mut rate = super::rate::Rate::new(this.config.idle_after);
         let mut last_start: Option<tokio::time::Instant> = None;
         loop {
-            let next_start = match rate.reached(this.config.park_below) {
+            // Only decoded, complete transactions are written: the rate and the clock are
+            // looked at only then, not for every message of an open transaction.
+            let ready = !open && pending.changes > 0;
+            let next_start = match ready && rate.reached(this.config.park_below) {
                 true => last_start.map(|t| t + this.config.active_poll),
                 false => None,
             };
@@ -188,11 +191,12 @@ impl SlotConsumer {
             // while the channel is full, and under sustained load every write would carry
             // a few dozen changes instead of a batch.
             let finished = inflight.as_ref().is_some_and(|w| w.0.is_finished());
-            if finished && !open && pending.changes > 0 && due {
+            if finished && ready && due {
                 settle(&mut inflight, &repl, &mut known).await?;
                 inflight = Some(this.start_write(&conn, &mut pending, known));
                 last_start = Some(tokio::time::Instant::now());
             }
+            // Again: that write took everything pending.
             let ready = !open && pending.changes > 0;
             let event = match ready {
                 true => tokio::task::unconstrained(repl.recv()).now_or_never(),
