@@ -358,30 +358,27 @@ fn change(pos: Position, row: &Row) -> Option<Change> {
     let table: String = row.get(4);
     // The row as text: trigger mode's `data` (jsonb, printed as its binary form would be)
     // or logical mode's `data_json` (json: the text as written).
+    let skip = |why: String| {
+        metrics::counter!("rowcast_changelog_malformed_total").increment(1);
+        tracing::warn!(seq = %pos, table, "skipping a change-log row: {why}");
+        None
+    };
     let data = match row.get::<_, Option<&str>>(7).map(serde_json::from_str) {
         None => None,
         Some(Ok(data)) => Some(data),
-        Some(Err(e)) => {
-            metrics::counter!("rowcast_changelog_malformed_total").increment(1);
-            tracing::warn!(seq = %pos, table, error = %e, "skipping a change-log row whose row is not JSON");
-            return None;
-        }
+        Some(Err(e)) => return skip(format!("its row is not JSON ({e})")),
     };
-    match Op::from_code(code as u8) {
-        Some(op) => Some(Change {
-            pos,
-            at: row.get(2),
-            op,
-            table,
-            pk: row.get(5),
-            old: row.get(6),
-            data,
-            withheld: row.get(8),
-        }),
-        None => {
-            metrics::counter!("rowcast_changelog_malformed_total").increment(1);
-            tracing::warn!(seq = %pos, table, op = code, "skipping a change-log row with an unknown op code");
-            None
-        }
-    }
+    let Some(op) = Op::from_code(code as u8) else {
+        return skip(format!("unknown op code {code}"));
+    };
+    Some(Change {
+        pos,
+        at: row.get(2),
+        op,
+        table,
+        pk: row.get(5),
+        old: row.get(6),
+        data,
+        withheld: row.get(8),
+    })
 }
