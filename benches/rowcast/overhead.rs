@@ -115,21 +115,11 @@ async fn one(seconds: u64, sync: &str) {
         results[2].1.push(measured(&pg, &client, seconds).await);
         client.batch_execute(clean).await.expect("clean");
         setup::migrate_now(&config).await;
-        let rc = Rowcast::start(&config);
-        std::thread::sleep(Duration::from_secs(1));
-        let cpu = rc.cpu_secs();
-        if statements {
-            client
-                .batch_execute("SELECT pg_stat_statements_reset()")
-                .await
-                .expect("reset");
-        }
-        results[3].1.push(measured(&pg, &client, seconds).await);
-        if statements && round == 0 {
-            trigger_breakdown = statement_times(&client).await;
-        }
-        rowcast_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
-        drop(rc);
+        let (run, cpu, lines) =
+            consuming(&pg, &client, &config, seconds, statements && round == 0).await;
+        results[3].1.push(run);
+        rowcast_cpu.push(cpu);
+        trigger_breakdown.extend(lines);
         client.batch_execute(clean).await.expect("clean");
         // Logical decoding: the capture trigger is replaced by the delete/key-change one
         // (it does not fire on these updates) and rowcast streams the slot.
@@ -156,21 +146,17 @@ async fn one(seconds: u64, sync: &str) {
             .await
             .expect("drop slot");
         setup::migrate_now(&logical_config).await;
-        let rc = Rowcast::start(&logical_config);
-        std::thread::sleep(Duration::from_secs(1));
-        let cpu = rc.cpu_secs();
-        if statements {
-            client
-                .batch_execute("SELECT pg_stat_statements_reset()")
-                .await
-                .expect("reset");
-        }
-        results[5].1.push(measured(&pg, &client, seconds).await);
-        if statements && round == 0 {
-            breakdown = statement_times(&client).await;
-        }
-        logical_cpu.push((rc.cpu_secs() - cpu) / seconds as f64 * 100.0);
-        drop(rc);
+        let (run, cpu, lines) = consuming(
+            &pg,
+            &client,
+            &logical_config,
+            seconds,
+            statements && round == 0,
+        )
+        .await;
+        results[5].1.push(run);
+        logical_cpu.push(cpu);
+        breakdown.extend(lines);
         client.batch_execute(clean).await.expect("clean");
         // Back to trigger mode (drops the slot once the stopped rowcast has let it go).
         std::thread::sleep(Duration::from_secs(1));
@@ -214,6 +200,33 @@ async fn one(seconds: u64, sync: &str) {
             println!("{line}");
         }
     }
+}
+
+/// One measured run while rowcast consumes with `config`: its TPS and WAL, rowcast's CPU
+/// (% of one core) and, when `statements`, the run's statement breakdown.
+async fn consuming(
+    pg: &PgTemp,
+    client: &tokio_postgres::Client,
+    config: &rowcast::Settings,
+    seconds: u64,
+    statements: bool,
+) -> ((f64, f64), f64, Vec<String>) {
+    let rc = Rowcast::start(config);
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = rc.cpu_secs();
+    if statements {
+        client
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .expect("reset");
+    }
+    let run = measured(pg, client, seconds).await;
+    let lines = match statements {
+        true => statement_times(client).await,
+        false => Vec::new(),
+    };
+    let cpu = (rc.cpu_secs() - cpu) / seconds as f64 * 100.0;
+    (run, cpu, lines)
 }
 
 /// The ten statements that took the most execution time since the last reset, as table rows.
