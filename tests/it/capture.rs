@@ -1,6 +1,5 @@
 //! Capture under faults: PostgreSQL restarts, rowcast restarts, wake-ups, replicas.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,17 +26,7 @@ async fn postgres_restart_loses_no_committed_change() {
         "the writer kept writing ({} inserts)",
         want.len()
     );
-    let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !want.is_subset(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "missing after restart: {:?}",
-            want.difference(&seen).take(10).collect::<Vec<_>>()
-        );
-        let ev = c.next_event().await;
-        seen.insert(ev["payload"]["id"].as_i64().unwrap());
-    }
+    c.receive_all(&want, 20).await;
     server.stop().await;
 }
 
@@ -255,19 +244,7 @@ async fn busy_capture_records_one_batch_per_active_poll(
         batches <= most && batches >= 5.0,
         "{batches} batches in {elapsed:?} for {written} commits (one per 100 ms: at most {most})"
     );
-    let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !want.is_subset(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "not delivered: {:?}",
-            want.difference(&seen).take(10).collect::<Vec<_>>()
-        );
-        let ev = c.next_event().await;
-        if let Some(id) = ev["payload"]["id"].as_i64() {
-            seen.insert(id);
-        }
-    }
+    c.receive_all(&want, 20).await;
     server.stop().await;
 }
 

@@ -155,6 +155,31 @@ impl WsClient {
         }
     }
 
+    /// Events until every id of `want` has been received (within `secs`); returns the ids
+    /// received.
+    #[track_caller]
+    pub fn receive_all<'a>(
+        &'a mut self,
+        want: &'a BTreeSet<i64>,
+        secs: u64,
+    ) -> impl std::future::Future<Output = BTreeSet<i64>> + 'a {
+        let at = Location::caller();
+        async move {
+            let mut seen = BTreeSet::new();
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while !want.is_subset(&seen) {
+                assert!(
+                    Instant::now() < deadline,
+                    "not delivered (at {at}): {:?}",
+                    want.difference(&seen).take(10).collect::<Vec<_>>()
+                );
+                let ev = self.next_event().await;
+                seen.insert(ev["payload"]["id"].as_i64().expect("row id"));
+            }
+            seen
+        }
+    }
+
     /// On a session resumed after `got.last`: events in increasing `seq`, none twice, until
     /// every id of `want` has been received (30 s at the most).
     #[track_caller]
