@@ -1,5 +1,6 @@
 //! SQL over `rowcast.changes` and `rowcast.batches` besides reading: positions,
-//! appending (logical mode), retention.
+//! appending (logical mode: packed batches, and a row per change for a large transaction's
+//! chunks), retention.
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::{ToSql, Type};
@@ -78,7 +79,9 @@ pub async fn prune<C: GenericClient>(
         .query_one(
             &format!(
                 "WITH old AS (
-                    SELECT b.*, (sum(b.last_seq - b.first_seq + 1) OVER (ORDER BY b.last_seq))::int8 AS upto
+                    SELECT b.batch, b.first_seq, b.last_seq, b.snap, b.prev, b.min_id, b.max_id,
+                           b.changes IS NOT NULL AS packed,
+                           (sum(b.last_seq - b.first_seq + 1) OVER (ORDER BY b.last_seq))::int8 AS upto
                       FROM rowcast.batches b
                      WHERE b.last_seq <= $2::int8
                        AND b.at < now() - make_interval(secs => $1::float8)),
@@ -86,7 +89,8 @@ pub async fn prune<C: GenericClient>(
                     SELECT * FROM old WHERE upto - (last_seq - first_seq + 1) < $3::int8),
                  gone_seq AS (
                     DELETE FROM rowcast.changes c USING doomed d
-                     WHERE d.snap IS NULL AND c.seq BETWEEN d.first_seq AND d.last_seq
+                     WHERE d.snap IS NULL AND NOT d.packed
+                       AND c.seq BETWEEN d.first_seq AND d.last_seq
                     RETURNING 1),
                  gone_snap AS (
                     DELETE FROM rowcast.changes c USING doomed d
@@ -94,13 +98,15 @@ pub async fn prune<C: GenericClient>(
                     RETURNING 1),
                  gone AS (
                     DELETE FROM rowcast.batches b USING doomed d WHERE b.batch = d.batch
-                    RETURNING b.last_seq),
+                    RETURNING b.last_seq, CASE WHEN b.changes IS NULL THEN 0
+                                               ELSE b.last_seq - b.first_seq + 1 END AS packed),
                  mark AS (
                     INSERT INTO rowcast.cursors (name, seq)
                     SELECT $4, max(last_seq) FROM gone HAVING max(last_seq) IS NOT NULL
                     ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()
                      WHERE rowcast.cursors.seq < EXCLUDED.seq)
-                 SELECT (SELECT count(*) FROM gone_seq) + (SELECT count(*) FROM gone_snap)",
+                 SELECT (SELECT count(*) FROM gone_seq) + (SELECT count(*) FROM gone_snap)
+                      + (SELECT coalesce(sum(packed), 0) FROM gone)::int8",
                 super::read::membership("d.min_id", "d.max_id", "d.snap", "d.prev", true)
             ),
             &[
@@ -143,18 +149,53 @@ impl NewChange {
     }
 }
 
-/// From this many changes on, [`append`] copies them in (`COPY … FROM STDIN BINARY`,
+/// The parameters of [`APPEND`]: the number of changes, the oldest change's time, the
+/// packed changes.
+pub(super) const APPEND_TYPES: [Type; 3] = [Type::INT8, Type::TIMESTAMPTZ, Type::JSON];
+
+/// [`append`]'s statement, whose parameters are [`APPEND_TYPES`]: reserves the `seq`s and
+/// records the batch with its changes packed.
+pub(super) const APPEND: &str = "WITH s AS (
+        SELECT pg_catalog.setval('rowcast.change_seq',
+                                 pg_catalog.nextval('rowcast.change_seq') + $1 - 1) AS last)
+     INSERT INTO rowcast.batches (first_seq, last_seq, at, changes)
+     SELECT s.last - $1 + 1, s.last, $2, $3 FROM s
+     RETURNING first_seq";
+
+/// Appends changes to the log in their order, each with the next `seq`, as one packed
+/// batch (one row of `rowcast.batches`, see [`super::packed`]); returns the `seq`s in the
+/// same order. The caller is the only writer (it holds the slot position's lock). One
+/// statement, prepared on `client`'s connection, which the caller may pipeline with what
+/// follows it.
+pub async fn append(
+    client: &tokio_postgres::Client,
+    rows: &[NewChange],
+    prepared: &Prepared,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let Some(at) = rows.iter().map(|c| c.at).min() else {
+        return Ok(Vec::new());
+    };
+    let n = rows.len() as i64;
+    let packed = tokio_postgres::types::Json(super::packed::Pack(rows));
+    let first: i64 = client
+        .query_one(&prepared.append, &[&n, &at, &packed])
+        .await?
+        .get(0);
+    Ok((first..first + n).collect())
+}
+
+/// From this many changes on, [`append_rows`] copies them in (`COPY … FROM STDIN BINARY`,
 /// PostgreSQL's multi-row insert: about half the database time per row of the `INSERT`,
 /// and less WAL) at the price of three more round trips, which only a large batch earns
 /// back.
-pub const COPY_FROM: usize = 64;
+const COPY_FROM: usize = 64;
 
-/// Appends changes to the log in their order, each with the next `seq`, and records them
-/// as one batch; returns the `seq`s in the same order. The caller is the only writer (it
-/// holds the slot position's lock). Under [`COPY_FROM`] changes this is one statement,
-/// which the caller may pipeline with what follows it; from it on it is several, and the
-/// caller must await it before sending anything else on `client`.
-pub async fn append(
+/// Appends changes to the log in their order as a row each, with the next `seq`, and
+/// records them as one batch; returns the `seq`s in the same order. For a large
+/// transaction's chunks, whose deletes [`fix_old_rows`] may still complete by `seq` before
+/// the transaction commits. The caller is the only writer, and must await this before
+/// sending anything else on `client`.
+pub async fn append_rows(
     client: &tokio_postgres::Client,
     rows: &[NewChange],
     prepared: &Prepared,
@@ -166,7 +207,7 @@ pub async fn append(
     }
 }
 
-/// [`append`] for a large batch: reserves the `seq`s, copies the rows in and records the
+/// [`append_rows`] for a large batch: reserves the `seq`s, copies the rows in and records the
 /// batch.
 async fn copy(
     client: &tokio_postgres::Client,
@@ -281,7 +322,7 @@ pub(super) const INSERT: &str = "WITH ins AS (
         SELECT min(seq), max(seq), min(at) FROM ins)
      SELECT seq FROM ins";
 
-/// [`append`] for a small batch: one statement, prepared on `client`'s connection.
+/// [`append_rows`] for a small batch: one statement, prepared on `client`'s connection.
 async fn insert(
     client: &tokio_postgres::Client,
     rows: &[NewChange],

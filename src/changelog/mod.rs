@@ -8,20 +8,23 @@
 //! each after every earlier one). Every replica sees the same `seq` for the same change.
 //! Each change is written once, with its row: in trigger mode by the capture trigger,
 //! numbered by the batch that covers it (`rowcast.batches`, see `sql/007_log_data.sql`);
-//! in logical mode by the writer, with its `seq`. A row that cannot be read (unknown op code) is counted
+//! in logical mode by the writer, packed into its batch's row (`sql/011_log_packed.sql`),
+//! or as a row per change with its `seq` for a large transaction written in chunks. A
+//! change that cannot be read (unknown op code, a row that is not JSON) is counted
 //! (`rowcast_changelog_malformed_total`), logged once per read, and skipped: the reader's
 //! next position moves past it.
 
 mod changes;
 mod cursors;
 mod handoff;
+mod packed;
 mod prepared;
 mod read;
 mod sequencer;
 mod slots;
 
 pub use changes::{
-    COPY_FROM, NewChange, append, fix_old_rows, newest_after, oldest_unconsumed_age, prune,
+    NewChange, append, append_rows, fix_old_rows, newest_after, oldest_unconsumed_age, prune,
     start_position,
 };
 pub use cursors::{Cursor, advance_outbox, cursor, init_outbox, lock_outbox};

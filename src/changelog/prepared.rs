@@ -8,7 +8,7 @@
 
 use tokio_postgres::{GenericClient, Statement};
 
-use super::changes::{INSERT, INSERT_TYPES};
+use super::changes::{APPEND, APPEND_TYPES, INSERT, INSERT_TYPES};
 use super::read::{WHOLE_BATCHES, WHOLE_BATCHES_TYPES};
 
 /// Statements prepared on one connection: use them only with it.
@@ -16,18 +16,21 @@ use super::read::{WHOLE_BATCHES, WHOLE_BATCHES_TYPES};
 pub struct Prepared {
     pub(super) whole_batches: Statement,
     pub(super) insert: Statement,
+    pub(super) append: Statement,
 }
 
 impl Prepared {
     /// Prepares the statements on `client` (one round trip).
     pub async fn new<C: GenericClient>(client: &C) -> Result<Prepared, tokio_postgres::Error> {
-        let (whole_batches, insert) = tokio::join!(
+        let (whole_batches, insert, append) = tokio::join!(
             client.prepare_typed(&WHOLE_BATCHES, &WHOLE_BATCHES_TYPES),
             client.prepare_typed(INSERT, &INSERT_TYPES),
+            client.prepare_typed(APPEND, &APPEND_TYPES),
         );
         Ok(Prepared {
             whole_batches: whole_batches?,
             insert: insert?,
+            append: append?,
         })
     }
 }

@@ -1,10 +1,15 @@
 //! Reading the log in `seq` order through `rowcast.batches`.
 //!
-//! A batch is either a `seq` range whose changes carry their `seq` (logical mode, and
-//! changes stamped by earlier versions), or a snapshot batch (trigger mode): the changes
-//! whose transaction is visible in its `snap` and not in its `prev`, numbered from
-//! `first_seq` in `id` order. A read finds the batches after its position (one query) and
-//! then reads their changes (one query per batch, pipelined on the connection).
+//! A batch is one of three kinds:
+//! - a packed batch (logical mode): its changes are in its own row, see [`super::packed`];
+//! - a snapshot batch (trigger mode): the changes whose transaction is visible in its
+//!   `snap` and not in its `prev`, numbered from `first_seq` in `id` order;
+//! - a `seq` range whose changes carry their `seq` (a large transaction written in chunks,
+//!   and changes stamped by earlier versions).
+//!
+//! The common read is one query: the whole batches after the position with their changes.
+//! Otherwise a read finds the batches after its position (one query) and then reads their
+//! changes (one query per batch, pipelined on the connection).
 
 use std::sync::LazyLock;
 
@@ -53,6 +58,8 @@ struct Batch {
     batch: i64,
     first: i64,
     last: i64,
+    /// Its changes are packed into its row.
+    packed: bool,
     /// Snapshot batches: (snap, prev, min id, max id).
     snapshot: Option<Snapshot>,
 }
@@ -93,7 +100,8 @@ pub async fn read<C: GenericClient>(
     }
     let batches: Vec<Batch> = client
         .query_typed(
-            "SELECT batch, first_seq, last_seq, snap::text, prev::text, min_id, max_id
+            "SELECT batch, first_seq, last_seq, snap::text, prev::text, min_id, max_id,
+                    changes IS NOT NULL
                FROM rowcast.batches
               WHERE last_seq > $1 AND first_seq <= $2
               ORDER BY last_seq LIMIT $3",
@@ -109,6 +117,7 @@ pub async fn read<C: GenericClient>(
             batch: r.get(0),
             first: r.get(1),
             last: r.get(2),
+            packed: r.get(7),
             snapshot: r.get::<_, Option<String>>(3).map(|snap| Snapshot {
                 snap,
                 prev: r.get(4),
@@ -145,25 +154,17 @@ pub async fn read<C: GenericClient>(
         more,
         ..Read::default()
     };
-    for (part, rows) in parts.iter().zip(results) {
-        let full = rows.len() as i64 == part.limit;
-        let snapshot = part.batch.snapshot.is_some();
-        for (i, row) in rows.iter().enumerate() {
-            let pos = if snapshot {
-                Position(part.from + i as i64)
-            } else {
-                Position(row.get::<_, i64>(1))
-            };
+    for (part, items) in parts.iter().zip(results) {
+        let full = items.len() as i64 == part.limit;
+        for item in items {
             read.rows += 1;
-            read.last = Some(pos);
-            read.mark = snapshot.then(|| Mark {
-                pos,
+            read.last = Some(item.pos);
+            read.mark = item.id.map(|id| Mark {
+                pos: item.pos,
                 batch: part.batch.batch,
-                id: row.get(0),
+                id,
             });
-            if let Some(change) = change(pos, row) {
-                read.changes.push(change);
-            }
+            read.changes.extend(item.change);
         }
         if !full {
             // The part's range held nothing more (a gap in a seq range, or a batch pruned
@@ -194,7 +195,8 @@ pub(super) static WHOLE_BATCHES: LazyLock<String> = LazyLock::new(|| {
             SELECT b.*, b.lowest > $1 AND b.upto <= $2::int8 AND b.last_seq <= $3 AS whole
               FROM b)
          SELECT r.id, r.seq, r.at, r.op, r.tbl, r.pk, r.old, r.data, r.withheld,
-                w.batch, w.first_seq, w.last_seq, w.whole, r.rn
+                w.batch, w.first_seq, w.last_seq, w.whole, r.rn,
+                CASE WHEN w.whole THEN w.changes::text END
            FROM w LEFT JOIN LATERAL (
                 SELECT {COLUMNS}, row_number() OVER (ORDER BY c.id) AS rn
                   FROM rowcast.changes c
@@ -202,7 +204,8 @@ pub(super) static WHOLE_BATCHES: LazyLock<String> = LazyLock::new(|| {
                 UNION ALL
                 SELECT {COLUMNS}, NULL
                   FROM rowcast.changes c
-                 WHERE w.whole AND w.snap IS NULL AND c.seq BETWEEN w.first_seq AND w.last_seq
+                 WHERE w.whole AND w.snap IS NULL AND w.changes IS NULL
+                   AND c.seq BETWEEN w.first_seq AND w.last_seq
            ) r ON true
           ORDER BY w.last_seq, r.rn, r.seq",
         membership("w.min_id", "w.max_id", "w.snap", "w.prev", true)
@@ -253,6 +256,14 @@ async fn read_whole_batches<C: GenericClient>(
         if !row.get::<_, bool>(12) {
             continue;
         }
+        if let Some(packed) = row.get::<_, Option<&str>>(14) {
+            let (first, last) = (row.get(10), row.get(11));
+            for item in unpacked(first, packed, first, last, usize::MAX) {
+                read.rows += 1;
+                read.changes.extend(item.change);
+            }
+            continue;
+        }
         let Some(_) = row.get::<_, Option<i64>>(0) else {
             continue; // a batch whose changes were pruned meanwhile
         };
@@ -261,9 +272,7 @@ async fn read_whole_batches<C: GenericClient>(
             None => Position(row.get::<_, i64>(1)),
         };
         read.rows += 1;
-        if let Some(change) = change(pos, row) {
-            read.changes.push(change);
-        }
+        read.changes.extend(change(pos, row));
     }
     if whole_batches == 0 {
         return Ok(None);
@@ -272,13 +281,35 @@ async fn read_whole_batches<C: GenericClient>(
     Ok(Some(read))
 }
 
-/// The rows of one part, in `seq` order.
+/// A position of the log as a read found it.
+struct Item {
+    pos: Position,
+    /// The change's row id (snapshot batches: where the next read may continue).
+    id: Option<i64>,
+    /// `None` when it is malformed (counted and logged already).
+    change: Option<Change>,
+}
+
+/// The positions of one part, in `seq` order.
 async fn read_part<C: GenericClient>(
     client: &C,
     part: &Part<'_>,
-) -> Result<Vec<Row>, tokio_postgres::Error> {
+) -> Result<Vec<Item>, tokio_postgres::Error> {
+    if part.batch.packed {
+        let row = client
+            .query_opt(
+                "SELECT changes::text FROM rowcast.batches WHERE batch = $1",
+                &[&part.batch.batch],
+            )
+            .await?;
+        let Some(text) = row.as_ref().and_then(|r| r.get::<_, Option<&str>>(0)) else {
+            return Ok(Vec::new()); // pruned meanwhile
+        };
+        let (from, to, limit) = (part.from, part.to, part.limit as usize);
+        return Ok(unpacked(part.batch.first, text, from, to, limit));
+    }
     let Some(s) = &part.batch.snapshot else {
-        return client
+        let rows = client
             .query_typed(
                 &format!(
                     "SELECT {COLUMNS} FROM rowcast.changes c
@@ -290,7 +321,18 @@ async fn read_part<C: GenericClient>(
                     (&part.limit, Type::INT8),
                 ],
             )
-            .await;
+            .await?;
+        return Ok(rows
+            .iter()
+            .map(|row| {
+                let pos = Position(row.get(1));
+                Item {
+                    pos,
+                    id: None,
+                    change: change(pos, row),
+                }
+            })
+            .collect());
     };
     let (after_id, skip) = match part.after_id {
         Some(id) => (id, 0),
@@ -308,7 +350,7 @@ async fn read_part<C: GenericClient>(
             s.prev.is_none()
         )
     );
-    client
+    let rows = client
         .query_typed(
             &sql,
             &[
@@ -321,7 +363,16 @@ async fn read_part<C: GenericClient>(
                 (&part.limit, Type::INT8),
             ],
         )
-        .await
+        .await?;
+    Ok(rows
+        .iter()
+        .zip(part.from..)
+        .map(|(row, seq)| Item {
+            pos: Position(seq),
+            id: Some(row.get(0)),
+            change: change(Position(seq), row),
+        })
+        .collect())
 }
 
 /// The condition "change `c` belongs to the snapshot batch" whose id range is `min ..=
@@ -352,17 +403,43 @@ pub(super) fn membership(
     }
 }
 
+/// Counts and logs a change that cannot be read, which the read skips.
+fn skip(pos: Position, table: Option<&str>, why: &str) -> Option<Change> {
+    metrics::counter!("rowcast_changelog_malformed_total").increment(1);
+    tracing::warn!(seq = %pos, table, "skipping a change-log row: {why}");
+    None
+}
+
+/// The changes at `from ..= to`, at most `limit`, of a packed batch starting at `first`,
+/// each with its position; `None` (counted and logged) for a malformed one. A value that
+/// cannot be read at all is one malformed change at `from`.
+fn unpacked(first: i64, text: &str, from: i64, to: i64, limit: usize) -> Vec<Item> {
+    let item = |pos, change| Item {
+        pos,
+        id: None,
+        change,
+    };
+    match super::packed::unpack(first, text) {
+        Ok(changes) => changes
+            .into_iter()
+            .filter(|(pos, _)| pos.0 >= from && pos.0 <= to)
+            .take(limit)
+            .map(|(pos, c)| match c {
+                Ok(c) => item(pos, Some(c)),
+                Err((table, why)) => item(pos, skip(pos, table.as_deref(), &why)),
+            })
+            .collect(),
+        Err(why) => vec![item(Position(from), skip(Position(from), None, &why))],
+    }
+}
+
 /// A change-log row as a [`Change`]; `None` (counted and logged) when it is malformed.
 fn change(pos: Position, row: &Row) -> Option<Change> {
     let code: i8 = row.get(3);
     let table: String = row.get(4);
     // The row as text: trigger mode's `data` (jsonb, printed as its binary form would be)
     // or logical mode's `data_json` (json: the text as written).
-    let skip = |why: String| {
-        metrics::counter!("rowcast_changelog_malformed_total").increment(1);
-        tracing::warn!(seq = %pos, table, "skipping a change-log row: {why}");
-        None
-    };
+    let skip = |why: String| skip(pos, Some(&table), &why);
     let data = match row.get::<_, Option<&str>>(7).map(serde_json::from_str) {
         None => None,
         Some(Ok(data)) => Some(data),

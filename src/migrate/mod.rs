@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/009_slot_advance.sql"),
     ),
     (10, "log_json", include_str!("../../sql/010_log_json.sql")),
+    (
+        11,
+        "log_packed",
+        include_str!("../../sql/011_log_packed.sql"),
+    ),
 ];
 
 /// The embedded migrations not applied to the database yet, as `NNN name` (all of them

@@ -300,7 +300,7 @@ async fn pruned_since(db: &support::Db, server: &Server) -> String {
         .await
         .unwrap();
     support::eventually(15, || async {
-        let left = db.count("SELECT count(*) FROM rowcast.changes").await;
+        let left = db.count("SELECT count(*) FROM rowcast.log").await;
         (left == 0).then_some(())
     })
     .await;

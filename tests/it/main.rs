@@ -13,6 +13,7 @@ mod faults;
 mod frames;
 mod helm;
 mod hidden;
+mod log;
 mod logical;
 mod ops;
 mod protocol;

@@ -138,7 +138,7 @@ async fn since_older_than_the_retained_log_gets_resync_required_everywhere() {
     commit_changes(&pg, 6, &[]).await;
     // Pruning runs in batches of 2 until the log is empty and the cursor is past `since`.
     support::eventually(15, || async {
-        let left = db.count("SELECT count(*) FROM rowcast.changes").await;
+        let left = db.count("SELECT count(*) FROM rowcast.log").await;
         (left == 0).then_some(())
     })
     .await;

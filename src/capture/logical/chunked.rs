@@ -66,7 +66,7 @@ impl SlotConsumer {
         let (mut changes, fixes) = decoder.take_chunk();
         large.written += changes.len();
         super::complete::complete(client, &self.catalog, &mut changes).await?;
-        let seqs = changelog::append(
+        let seqs = changelog::append_rows(
             client,
             &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
             &conn.prepared,
@@ -97,7 +97,7 @@ impl SlotConsumer {
         let (mut changes, fixes) = decoder.commit();
         large.written += changes.len();
         super::complete::complete(client, &self.catalog, &mut changes).await?;
-        changelog::append(
+        changelog::append_rows(
             client,
             &changes.into_iter().map(|c| c.at(time)).collect::<Vec<_>>(),
             &conn.prepared,

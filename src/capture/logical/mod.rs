@@ -1,8 +1,8 @@
 //! Logical capture (`capture.mode = "logical"`): the sequencer replica streams the
 //! replication slot (`pgoutput`; the publication lists every column but the hidden ones)
-//! and appends each committed transaction's changes to `rowcast.changes` with their `seq`
-//! and their rows, rendered from the decoded tuples exactly as `to_jsonb` would
-//! ([`render`]), in batches: no row is read back from the application's tables (only an
+//! and appends each committed transaction's changes to the log with their `seq` and their
+//! rows, rendered from the decoded tuples exactly as `to_jsonb` would ([`render`]), in
+//! batches (one `rowcast.batches` row each, its changes packed into it): no row is read back from the application's tables (only an
 //! unchanged TOASTed value the stream does not carry, see [`complete`]). The application's
 //! transactions write nothing extra; deletes (and key changes) carry their old row through a
 //! transactional `pg_logical_emit_message` from a small trigger that fires only on those.
@@ -17,8 +17,9 @@
 //!
 //! A transaction larger than `capture.batch_size` is not held until its commit message:
 //! its changes are written in chunks inside one database transaction that commits with
-//! the slot position once the commit arrives (a crash rolls all of it back). Deletes written
-//! before their old row came get it by `seq` in the same transaction.
+//! the slot position once the commit arrives (a crash rolls all of it back), as a
+//! `rowcast.changes` row per change: deletes written before their old row came get it by
+//! `seq` in the same transaction.
 mod chunked;
 mod complete;
 mod decode;
@@ -395,23 +396,9 @@ impl SlotConsumer {
         let append = changelog::append(client, &rows, &conn.prepared);
         let commit = client.batch_execute("COMMIT");
         // Polled in this order, so sent in this order on the connection.
-        let (begun, seqs, notified, moved, committed) = if n < changelog::COPY_FROM {
-            let (begun, appended, notified, moved, committed) =
-                tokio::join!(begin, append, notify, store, commit);
-            (begun, appended?, notified, moved, committed)
-        } else {
-            // Copied in: several statements, which nothing may overtake.
-            let (begun, appended) = tokio::join!(begin, append);
-            let seqs = match appended {
-                Ok(seqs) => seqs,
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(e.into());
-                }
-            };
-            let (notified, moved, committed) = tokio::join!(notify, store, commit);
-            (begun, seqs, notified, moved, committed)
-        };
+        let (begun, appended, notified, moved, committed) =
+            tokio::join!(begin, append, notify, store, commit);
+        let seqs = appended?;
         begun?;
         moved?;
         notified?;
