@@ -101,7 +101,8 @@ async fn one(seconds: u64, sync: &str) {
     let mut logical_cpu = Vec::new();
     let mut logical_config = config.clone();
     logical_config.capture.mode = rowcast::config::CaptureMode::Logical;
-    let clean = "TRUNCATE rowcast.changes, rowcast.batches; SELECT setval('rowcast.parked_until', 0)";
+    let clean =
+        "TRUNCATE rowcast.changes, rowcast.batches; SELECT setval('rowcast.parked_until', 0)";
     for round in 0..2 {
         client
             .batch_execute("DROP TRIGGER IF EXISTS rowcast_capture ON tickets")

@@ -189,6 +189,100 @@ async fn logical_capture_follows_commit_order() {
     server.stop().await;
 }
 
+/// The WAL sender sends only WAL that is flushed, and with the application committing
+/// asynchronously the WAL writer flushes it (here once every 10 s). The writer's own commits
+/// flush it too: under a steady stream of commits each event arrives within a second, not
+/// with the next 10-second flush. (The stream must be dense enough that commits land
+/// between two writes of rowcast; a trickle waits for the WAL writer, as any logical
+/// decoding client does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_writer_commits_flush_the_applications_asynchronous_wal() {
+    let db = Db::start_with(PgTempOptions {
+        fsync: false,
+        settings: vec![
+            ("synchronous_commit".into(), "off".into()),
+            ("wal_writer_delay".into(), "10s".into()),
+            ("wal_writer_flush_after".into(), "1GB".into()),
+        ],
+    })
+    .await;
+    let (db, server) = {
+        let mut config = db.config();
+        logical(&mut config);
+        db.migrate(&config).await;
+        let server = support::Server::start(config).await;
+        (db, server)
+    };
+    let token = server.token("1", "agent");
+    let (mut c, _) =
+        WsClient::connect(&server.ws_url(&format!("token={token}&rooms=tickets"))).await;
+    assert_eq!(c.next_json().await.unwrap()["type"], "joined");
+    // One session committing as fast as it can (to a table the client has not joined: it
+    // receives only the probes).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let steady = {
+        let (pg, stop) = (db.client().await, stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                pg.execute("UPDATE users SET name = 'steady' WHERE id = 2", &[])
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let pg = db.client().await;
+    // The first event may wait for the WAL writer's flush (10 s).
+    pg.execute("UPDATE tickets SET subject = 'first' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let first = c.maybe_json(15_000).await;
+    assert_eq!(first.unwrap()["payload"]["data"]["subject"], "first");
+    // Then ten probes 100 ms apart, well before the WAL writer's next flush: without the
+    // writer's own flushes none would arrive before it.
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probes = {
+        let (pg, sent) = (db.client().await, sent.clone());
+        tokio::spawn(async move {
+            for i in 0..10 {
+                sent.lock().unwrap().push(std::time::Instant::now());
+                pg.execute(
+                    "UPDATE tickets SET subject = $1 WHERE id = 1",
+                    &[&format!("probe {i}")],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let mut lags = Vec::new();
+    while let Some(ev) = c
+        .maybe_json(3000u64.saturating_sub(t0.elapsed().as_millis() as u64))
+        .await
+    {
+        let subject = ev["payload"]["data"]["subject"]
+            .as_str()
+            .unwrap_or_default();
+        if let Some(i) = subject.strip_prefix("probe ") {
+            let at = sent.lock().unwrap()[i.parse::<usize>().unwrap()];
+            lags.push(at.elapsed());
+        }
+    }
+    probes.await.unwrap();
+    let fast = lags.iter().filter(|l| **l < Duration::from_secs(1)).count();
+    assert!(
+        fast >= 1,
+        "no probe arrived within 1 s of its commit: {lags:?}"
+    );
+    stop.cancel();
+    assert!(steady.await.unwrap() > 100);
+    server.stop().await;
+}
+
 /// `kill -9` during a burst and a PostgreSQL restart during writes: a resuming client gets
 /// every committed insert once, and the log holds each exactly once although the slot
 /// sends the unacknowledged transactions again.

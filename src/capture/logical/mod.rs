@@ -139,6 +139,14 @@ impl SlotConsumer {
         let _driver = super::AbortOnDrop(tokio::spawn(async move {
             let _ = driver.await;
         }));
+        // The writer's commits wait for their WAL to be flushed locally, whatever the
+        // server's default: a batch and the slot position are on disk before the slot is
+        // acknowledged past them, and with the application committing asynchronously the
+        // flush also hands its WAL to the WAL sender (which sends only flushed WAL) at the
+        // writer's pace rather than the WAL writer's (`wal_writer_delay`, 200 ms).
+        client
+            .batch_execute("SET synchronous_commit = local")
+            .await?;
         let conn = Arc::new(WriterConn {
             prepared: changelog::Prepared::new(&client).await?,
             client,
