@@ -299,11 +299,7 @@ async fn pruned_since(db: &support::Db, server: &Server) -> String {
         )
         .await
         .unwrap();
-    support::eventually(15, || async {
-        let left = db.count("SELECT count(*) FROM rowcast.log").await;
-        (left == 0).then_some(())
-    })
-    .await;
+    support::wait_pruned_past(db, &since).await;
     since
 }
 

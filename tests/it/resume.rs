@@ -137,11 +137,7 @@ async fn since_older_than_the_retained_log_gets_resync_required_everywhere() {
     let pg = db.client().await;
     commit_changes(&pg, 6, &[]).await;
     // Pruning runs in batches of 2 until the log is empty and the cursor is past `since`.
-    support::eventually(15, || async {
-        let left = db.count("SELECT count(*) FROM rowcast.log").await;
-        (left == 0).then_some(())
-    })
-    .await;
+    support::wait_pruned_past(&db, &since).await;
 
     // Polling: 410.
     let res = http

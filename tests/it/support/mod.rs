@@ -251,6 +251,26 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> (Db, Server) {
     (db, server)
 }
 
+/// Waits until retention has emptied the log (change rows and batches, packed ones
+/// included) and moved the `pruned` cursor past `since`.
+pub async fn wait_pruned_past(db: &Db, since: &str) {
+    let since: i64 = since.parse().expect("a seq");
+    eventually(15, || async {
+        let row = db
+            .client()
+            .await
+            .query_one(
+                "SELECT (SELECT count(*) FROM rowcast.changes) + (SELECT count(*) FROM rowcast.batches),
+                        coalesce((SELECT seq FROM rowcast.cursors WHERE name = 'pruned'), 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) == 0 && row.get::<_, i64>(1) > since).then_some(())
+    })
+    .await;
+}
+
 /// Waits for `f` to return `Some`, panicking with the caller's location after `secs`.
 #[track_caller]
 pub fn eventually<T, F, Fut>(secs: u64, mut f: F) -> impl Future<Output = T>
