@@ -439,14 +439,14 @@ fn change(pos: Position, row: &Row) -> Option<Change> {
     let table: String = row.get(4);
     // The row as text: trigger mode's `data` (jsonb, printed as its binary form would be)
     // or logical mode's `data_json` (json: the text as written).
-    let skip = |why: String| skip(pos, Some(&table), &why);
+    let malformed = |why: String| skip(pos, Some(&table), &why);
     let data = match row.get::<_, Option<&str>>(7).map(serde_json::from_str) {
         None => None,
         Some(Ok(data)) => Some(data),
-        Some(Err(e)) => return skip(format!("its row is not JSON ({e})")),
+        Some(Err(e)) => return malformed(format!("its row is not JSON ({e})")),
     };
     let Some(op) = Op::from_code(code as u8) else {
-        return skip(format!("unknown op code {code}"));
+        return malformed(format!("unknown op code {code}"));
     };
     Some(Change {
         pos,

@@ -206,13 +206,10 @@ async fn logical_writer_commits_flush_the_applications_asynchronous_wal() {
         ],
     })
     .await;
-    let (db, server) = {
-        let mut config = db.config();
-        logical(&mut config);
-        db.migrate(&config).await;
-        let server = support::Server::start(config).await;
-        (db, server)
-    };
+    let mut config = db.config();
+    logical(&mut config);
+    db.migrate(&config).await;
+    let server = support::Server::start(config).await;
     let token = server.token("1", "agent");
     let (mut c, _) =
         WsClient::connect(&server.ws_url(&format!("token={token}&rooms=tickets"))).await;

@@ -2,8 +2,9 @@
 //! replication slot (`pgoutput`; the publication lists every column but the hidden ones)
 //! and appends each committed transaction's changes to the log with their `seq` and their
 //! rows, rendered from the decoded tuples exactly as `to_jsonb` would ([`render`]), in
-//! batches (one `rowcast.batches` row each, its changes packed into it): no row is read back from the application's tables (only an
-//! unchanged TOASTed value the stream does not carry, see [`complete`]). The application's
+//! batches (one `rowcast.batches` row each, its changes packed into it): no row is read
+//! back from the application's tables (only an unchanged TOASTed value the stream does not
+//! carry, see [`complete`]). The application's
 //! transactions write nothing extra; deletes (and key changes) carry their old row through a
 //! transactional `pg_logical_emit_message` from a small trigger that fires only on those.
 //! Events are the rows as of their commit, in commit order.
